@@ -1,0 +1,81 @@
+# tokd — build, test and run.
+#   make            build build/tokd
+#   make test       build and run every test (unit + integration)
+#   make asan       build and run the unit tests under ASan+UBSan
+#   make run        build, fetch the default model, serve it
+#   make model      fetch the default model into models/
+#   make deps       install missing Debian packages
+CC      ?= cc
+BUILD   ?= build
+SHARED  ?= $(abspath ../shared)
+MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+PKGS    := libpcre2-8
+OPT     ?= -O2
+CFLAGS_BASE := -std=c11 -g $(OPT) -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread \
+               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  ?=
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lpcre2-8) -lm -pthread
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm) -lcjson
+
+LIB_DIRS := common config engine kernels/cpu scheduler server
+LIB_SRCS := $(filter-out server/main.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c)))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_SRCS := $(wildcard tests/unit/test_*.c)
+TEST_UTIL := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
+TEST_BINS := $(TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps model run test unit integration asan clean
+all: $(BUILD)/tokd
+
+deps:
+	@scripts/deps.sh
+
+model: $(MODEL)
+$(MODEL):
+	scripts/fetch_model.sh $(dir $(MODEL))
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libtokd.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tokd: $(BUILD)/obj/server/main.o $(BUILD)/libtokd.a
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_UTIL) $(BUILD)/libtokd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -o $@ $< $(TEST_UTIL) $(BUILD)/libtokd.a $(CHECK_LIBS) $(LDLIBS)
+
+unit: $(TEST_BINS) $(BUILD)/tokd
+	@fail=0; for t in $(TEST_BINS); do \
+	  echo "== $$t"; TOKD_SHARED=$(SHARED) TOKD_MODEL=$(abspath $(MODEL)) $$t || fail=1; \
+	done; exit $$fail
+
+integration: $(BUILD)/tokd
+	@TOKD_SHARED=$(SHARED) TOKD_MODEL=$(abspath $(MODEL)) TOKD_BIN=$(abspath $(BUILD)/tokd) \
+	  tests/integration/run.sh
+
+test: deps model
+	$(MAKE) unit
+	$(MAKE) integration
+
+asan: deps model
+	$(MAKE) BUILD=build-asan OPT=-O1 CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDLIBS_EXTRA= unit_asan
+
+unit_asan: LDLIBS += -fsanitize=address,undefined
+unit_asan: $(TEST_BINS)
+	@fail=0; for t in $(TEST_BINS); do \
+	  echo "== $$t"; CK_FORK=no TOKD_SHARED=$(SHARED) TOKD_MODEL=$(abspath $(MODEL)) TOKD_ASAN=1 $$t || fail=1; \
+	done; exit $$fail
+
+run: deps model all
+	$(BUILD)/tokd generate --model $(MODEL) --chat --prompt "What is the capital of France?"
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,251 @@
+/* The forward pass: one transformer step over a flat ragged batch (eng_batch) against the paged
+ * KV cache held by the context. Reads top to bottom as a per-layer list of kernel calls; every
+ * buffer is allocated once in eng_ctx_new (sized by eng_ctx_params), none per step.
+ * Thread: an eng_ctx is used by one engine thread; its pool fans out inside the ops. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/tk_mem.h"
+#include "engine/model_internal.h"
+
+struct eng_ctx {
+    const eng_model *m;
+    eng_ctx_params p;
+    kern_pool *pool;
+    size_t kv_row;        /* n_head_kv * head_dim */
+    void **k_cache;       /* (n_layer) -> (n_blocks, block_size, n_head_kv, head_dim) of kv_type */
+    void **v_cache;       /* same */
+    /* activations, (max_tokens, width) each */
+    float *x;             /* residual stream (T, n_embd) */
+    float *xn;            /* normed input (T, max(n_embd, q_dim)) */
+    float *q, *k, *v;     /* (T, q_dim), (T, kv_dim), (T, kv_dim) */
+    float *attn;          /* (T, q_dim) */
+    float *gate, *up;     /* (T, n_ff) */
+    float *tmp;           /* (T, n_embd) */
+    float *scores;        /* (n_threads, max_ctx) attention scratch */
+    int32_t *tok_seq;     /* (T) owning sequence of each batch token */
+    int32_t *tok_pos;     /* (T) position of each batch token */
+    int32_t *logit_rows;  /* (max_logits) batch token index of each logits row */
+    void *mm_scratch;     /* quantised activations for kern_matmul */
+    char last_error[256];
+};
+
+void eng_ctx_params_default(eng_ctx_params *p) {
+    *p = (eng_ctx_params){.max_tokens = 512, .max_logits = 0, .n_blocks = 0, .block_size = 16,
+                          .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0};
+}
+
+static int ctx_alloc(eng_ctx *c) {
+    const eng_hparams *hp = &c->m->hp;
+    size_t T = (size_t)c->p.max_tokens, q_dim = (size_t)hp->n_head * hp->head_dim;
+    size_t wide = q_dim > hp->n_embd ? q_dim : hp->n_embd;
+    size_t kv_bytes = (size_t)c->p.n_blocks * c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4);
+    if (!(c->k_cache = tk_calloc(hp->n_layer, sizeof(void *))) || !(c->v_cache = tk_calloc(hp->n_layer, sizeof(void *))))
+        return ENG_ERR_NOMEM;
+    for (uint32_t l = 0; l < hp->n_layer; l++)
+        if (!(c->k_cache[l] = tk_calloc(1, kv_bytes)) || !(c->v_cache[l] = tk_calloc(1, kv_bytes))) return ENG_ERR_NOMEM;
+    if (!(c->x = tk_calloc(T * hp->n_embd, sizeof(float))) || !(c->xn = tk_calloc(T * wide, sizeof(float))) ||
+        !(c->q = tk_calloc(T * q_dim, sizeof(float))) || !(c->k = tk_calloc(T * c->kv_row, sizeof(float))) ||
+        !(c->v = tk_calloc(T * c->kv_row, sizeof(float))) || !(c->attn = tk_calloc(T * q_dim, sizeof(float))) ||
+        !(c->gate = tk_calloc(T * hp->n_ff, sizeof(float))) || !(c->up = tk_calloc(T * hp->n_ff, sizeof(float))) ||
+        !(c->tmp = tk_calloc(T * hp->n_embd, sizeof(float))) ||
+        !(c->scores = tk_calloc((size_t)kern_pool_size(c->pool) * c->p.max_ctx, sizeof(float))) ||
+        !(c->tok_seq = tk_calloc(T, sizeof(int32_t))) || !(c->tok_pos = tk_calloc(T, sizeof(int32_t))) ||
+        !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
+        return ENG_ERR_NOMEM;
+    size_t max_in = hp->n_ff > wide ? hp->n_ff : wide;
+    if (!(c->mm_scratch = tk_malloc(kern_matmul_scratch_bytes(max_in, T)))) return ENG_ERR_NOMEM;
+    return 0;
+}
+
+int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char *err, size_t errlen) {
+    *out = NULL;
+    kern_init();
+    eng_ctx *c = tk_calloc(1, sizeof *c);
+    if (!c) return ENG_ERR_NOMEM;
+    c->m = m;
+    c->p = *p;
+    if (c->p.max_ctx <= 0) c->p.max_ctx = (int32_t)m->hp.n_ctx_train;
+    if (c->p.max_logits <= 0) c->p.max_logits = c->p.max_tokens;
+    if (c->p.n_blocks <= 0) c->p.n_blocks = (c->p.max_ctx + c->p.block_size - 1) / c->p.block_size;
+    c->kv_row = (size_t)m->hp.n_head_kv * m->hp.head_dim;
+    int rc = ENG_ERR_INVALID;
+    if (c->p.max_tokens <= 0 || c->p.block_size <= 0 || c->p.max_ctx <= 0 ||
+        (c->p.kv_type != KERN_TYPE_F16 && c->p.kv_type != KERN_TYPE_F32)) {
+        if (err) snprintf(err, errlen, "engine context: bad parameters (max_tokens %d, block_size %d, kv type %u)",
+                          c->p.max_tokens, c->p.block_size, c->p.kv_type);
+        goto fail;
+    }
+    rc = ENG_ERR_NOMEM;
+    if (!(c->pool = kern_pool_new(c->p.n_threads)) || ctx_alloc(c) != 0) {
+        if (err) snprintf(err, errlen, "engine context: out of memory");
+        goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    eng_ctx_destroy(c);
+    return rc;
+}
+
+void eng_ctx_destroy(eng_ctx *c) {
+    if (!c) return;
+    for (uint32_t l = 0; c->k_cache && l < c->m->hp.n_layer; l++) tk_free(c->k_cache[l]);
+    for (uint32_t l = 0; c->v_cache && l < c->m->hp.n_layer; l++) tk_free(c->v_cache[l]);
+    tk_free(c->k_cache);
+    tk_free(c->v_cache);
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->attn, c->gate, c->up, c->tmp, c->scores};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) tk_free(bufs[i]);
+    tk_free(c->tok_seq);
+    tk_free(c->tok_pos);
+    tk_free(c->logit_rows);
+    tk_free(c->mm_scratch);
+    kern_pool_destroy(c->pool);
+    tk_free(c);
+}
+
+const eng_ctx_params *eng_ctx_params_get(const eng_ctx *c) { return &c->p; }
+const char *eng_ctx_last_error(const eng_ctx *c) { return c->last_error; }
+
+__attribute__((format(printf, 2, 3))) static int bad_batch(eng_ctx *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    va_end(ap);
+    return ENG_ERR_INVALID;
+}
+
+/* Checks the batch against the context's limits and fills tok_seq/tok_pos/logit_rows.
+ * Returns the number of logits rows or a negative error. */
+static int batch_prepare(eng_ctx *c, const eng_batch *b) {
+    if (b->n_tokens <= 0 || b->n_tokens > c->p.max_tokens)
+        return bad_batch(c, "batch: %d tokens (limit %d)", b->n_tokens, c->p.max_tokens);
+    int32_t t = 0, n_rows = 0;
+    for (int32_t s = 0; s < b->n_seqs; s++) {
+        const eng_seq_step *sq = &b->seqs[s];
+        if (sq->n_new <= 0 || sq->n_cached < 0 || t + sq->n_new > b->n_tokens)
+            return bad_batch(c, "batch: sequence %d has %d new tokens at %d cached", s, sq->n_new, sq->n_cached);
+        if (sq->n_cached + sq->n_new > c->p.max_ctx)
+            return bad_batch(c, "batch: sequence %d reaches position %d beyond the context (%d)", s,
+                             sq->n_cached + sq->n_new, c->p.max_ctx);
+        int32_t n_blk = (sq->n_cached + sq->n_new + c->p.block_size - 1) / c->p.block_size;
+        for (int32_t i = 0; i < n_blk; i++)
+            if (sq->block_table[i] < 0 || sq->block_table[i] >= c->p.n_blocks)
+                return bad_batch(c, "batch: sequence %d block %d is %d (pool has %d)", s, i, sq->block_table[i], c->p.n_blocks);
+        for (int32_t i = 0; i < sq->n_new; i++, t++) {
+            if (b->tokens[t] < 0 || (uint32_t)b->tokens[t] >= c->m->hp.n_vocab)
+                return bad_batch(c, "batch: token id %d out of range (vocab %u)", b->tokens[t], c->m->hp.n_vocab);
+            c->tok_seq[t] = s;
+            c->tok_pos[t] = sq->n_cached + i;
+            bool want = sq->logits == ENG_LOGITS_ALL || (sq->logits == ENG_LOGITS_LAST && i == sq->n_new - 1);
+            if (want) {
+                if (n_rows >= c->p.max_logits) return bad_batch(c, "batch: more than %d logits rows", c->p.max_logits);
+                c->logit_rows[n_rows++] = t;
+            }
+        }
+    }
+    if (t != b->n_tokens) return bad_batch(c, "batch: sequences cover %d of %d tokens", t, b->n_tokens);
+    return n_rows;
+}
+
+/* ---- attention job: (token, head) pairs split across the pool ---- */
+typedef struct {
+    eng_ctx *c;
+    const eng_batch *b;
+    uint32_t layer;
+} attn_job;
+
+static void attn_worker(void *ctx, int ith, int nth) {
+    const attn_job *j = ctx;
+    eng_ctx *c = j->c;
+    const eng_hparams *hp = &c->m->hp;
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim;
+    float *scratch = c->scores + (size_t)ith * c->p.max_ctx;
+    /* work items are (token, head) pairs, so one decoding sequence still uses every thread */
+    size_t n_items = (size_t)j->b->n_tokens * hp->n_head;
+    size_t lo = n_items * (size_t)ith / (size_t)nth, hi = n_items * (size_t)(ith + 1) / (size_t)nth;
+    while (lo < hi) {
+        size_t t = lo / hp->n_head, h0 = lo % hp->n_head;
+        size_t h1 = hp->n_head < h0 + (hi - lo) ? hp->n_head : h0 + (hi - lo);
+        const eng_seq_step *sq = &j->b->seqs[c->tok_seq[t]];
+        kern_kv_view kv = {c->k_cache[j->layer], c->v_cache[j->layer], c->p.kv_type, (size_t)c->p.block_size,
+                           hp->n_head_kv, hp->head_dim, sq->block_table};
+        kern_attn_paged(c->attn + t * q_dim, c->q + t * q_dim, hp->n_head, h0, h1, &kv,
+                        (size_t)c->tok_pos[t] + 1, 1.0f / sqrtf((float)hp->head_dim), scratch);
+        lo += h1 - h0;
+    }
+}
+
+static void add_bias(float *x, const float *bias, size_t T, size_t n) {
+    if (!bias) return;
+    for (size_t t = 0; t < T; t++) kern_add(x + t * n, bias, n);
+}
+
+/* Per-head q/k norm (qwen3), then RoPE at each token's position, then K/V into the cache. */
+static void qk_rope_store(eng_ctx *c, const eng_layer *ly, const eng_batch *b, uint32_t il) {
+    const eng_hparams *hp = &c->m->hp;
+    size_t hd = hp->head_dim, q_dim = (size_t)hp->n_head * hd;
+    bool neox = c->m->traits.rope_neox;
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        float *q = c->q + t * q_dim, *k = c->k + t * c->kv_row;
+        for (uint32_t h = 0; h < hp->n_head; h++) {
+            if (ly->q_norm) kern_rmsnorm(q + h * hd, q + h * hd, ly->q_norm, hd, hp->rms_eps);
+            kern_rope(q + h * hd, hd, hp->n_rot, c->tok_pos[t], hp->rope_freq_base, neox);
+        }
+        for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+            if (ly->k_norm) kern_rmsnorm(k + h * hd, k + h * hd, ly->k_norm, hd, hp->rms_eps);
+            kern_rope(k + h * hd, hd, hp->n_rot, c->tok_pos[t], hp->rope_freq_base, neox);
+        }
+        kern_kv_store(c->k_cache[il], c->v_cache[il], c->p.kv_type, (size_t)c->p.block_size, hp->n_head_kv, hd,
+                      b->seqs[c->tok_seq[t]].block_table, c->tok_pos[t], k, c->v + t * c->kv_row);
+    }
+}
+
+static void mm(eng_ctx *c, const eng_weight *w, const float *x, float *y, size_t T) {
+    kern_matmul(c->pool, w->type, w->data, x, y, (size_t)w->ne0, (size_t)w->ne1, T, c->mm_scratch);
+}
+
+static void layer_forward(eng_ctx *c, const eng_batch *b, uint32_t il) {
+    const eng_hparams *hp = &c->m->hp;
+    const eng_layer *ly = &c->m->layers[il];
+    size_t T = (size_t)b->n_tokens, E = hp->n_embd, q_dim = (size_t)hp->n_head * hp->head_dim;
+    /* attention block */
+    for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->attn_norm, E, hp->rms_eps);
+    mm(c, &ly->wq, c->xn, c->q, T);
+    mm(c, &ly->wk, c->xn, c->k, T);
+    mm(c, &ly->wv, c->xn, c->v, T);
+    add_bias(c->q, ly->bq, T, q_dim);
+    add_bias(c->k, ly->bk, T, c->kv_row);
+    add_bias(c->v, ly->bv, T, c->kv_row);
+    qk_rope_store(c, ly, b, il);
+    attn_job aj = {c, b, il};
+    kern_pool_run(c->pool, attn_worker, &aj);
+    mm(c, &ly->wo, c->attn, c->tmp, T);
+    kern_add(c->x, c->tmp, T * E);
+    /* feed-forward block (SwiGLU) */
+    for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->ffn_norm, E, hp->rms_eps);
+    mm(c, &ly->w_gate, c->xn, c->gate, T);
+    mm(c, &ly->w_up, c->xn, c->up, T);
+    kern_swiglu(c->gate, c->gate, c->up, T * hp->n_ff);
+    mm(c, &ly->w_down, c->gate, c->tmp, T);
+    kern_add(c->x, c->tmp, T * E);
+}
+
+int eng_forward(eng_ctx *c, const eng_batch *b, float *logits) {
+    const eng_model *m = c->m;
+    size_t E = m->hp.n_embd;
+    int n_rows = batch_prepare(c, b);
+    if (n_rows < 0) return n_rows;
+    for (int32_t t = 0; t < b->n_tokens; t++) /* token embeddings */
+        kern_dequant_row(m->tok_embd.type,
+                         (const uint8_t *)m->tok_embd.data + (size_t)b->tokens[t] * kern_row_bytes(m->tok_embd.type, E),
+                         c->x + t * E, E);
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) layer_forward(c, b, il);
+    if (n_rows == 0) return 0;
+    for (int r = 0; r < n_rows; r++) /* final norm of the rows that want logits */
+        kern_rmsnorm(c->xn + r * E, c->x + (size_t)c->logit_rows[r] * E, m->out_norm, E, m->hp.rms_eps);
+    mm(c, &m->output, c->xn, logits, (size_t)n_rows);
+    return n_rows;
+}

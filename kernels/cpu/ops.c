@@ -1,0 +1,227 @@
+/* CPU ops on f32 activations: matmul over quantised weights (parallel on the pool), RMSNorm,
+ * RoPE, SwiGLU, residual add, softmax, and attention over the paged KV cache.
+ * These are the portable versions; a later pass adds ISA-specific ones chosen at start-up. */
+#include "kernels/kern.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float f16_table[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+
+static void init_tables(void) {
+    for (uint32_t i = 0; i < 65536; i++) f16_table[i] = kern_f16_to_f32((uint16_t)i);
+}
+
+void kern_init(void) { pthread_once(&f16_once, init_tables); }
+
+/* ---- matmul ---- */
+
+typedef struct {
+    uint32_t wtype, act;
+    const uint8_t *W;
+    size_t row_bytes, act_bytes;
+    const float *X;
+    const uint8_t *Xq; /* X quantised to `act` (NULL when act is F32) */
+    float *Y;
+    size_t n_in, n_out, n_tok;
+} matmul_job;
+
+static float dot_f32(const float *a, const float *b, size_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+        s4 += a[i + 4] * b[i + 4];
+        s5 += a[i + 5] * b[i + 5];
+        s6 += a[i + 6] * b[i + 6];
+        s7 += a[i + 7] * b[i + 7];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+}
+
+/* Split [0, n) into nth nearly equal ranges, aligned to `align` where possible. */
+static void split_range(size_t n, int ith, int nth, size_t align, size_t *lo, size_t *hi) {
+    size_t chunks = (n + align - 1) / align;
+    size_t a = chunks * (size_t)ith / (size_t)nth, b = chunks * (size_t)(ith + 1) / (size_t)nth;
+    *lo = a * align < n ? a * align : n;
+    *hi = b * align < n ? b * align : n;
+}
+
+/* One arithmetic path for every batch size, so a sequence's logits do not depend on what else
+ * is in the step: either integer block dots against quantised X, or (other weight types) the
+ * row dequantised once and f32 dots with every token. */
+static void matmul_worker(void *ctx, int ith, int nth) {
+    const matmul_job *j = ctx;
+    size_t lo, hi;
+    split_range(j->n_out, ith, nth, 4, &lo, &hi);
+    if (j->Xq) {
+        for (size_t o = lo; o < hi; o++)
+            for (size_t t = 0; t < j->n_tok; t++)
+                j->Y[t * j->n_out + o] = kern_vec_dot_act(j->wtype, j->W + o * j->row_bytes, j->Xq + t * j->act_bytes, j->n_in);
+        return;
+    }
+    float row[KERN_MATMUL_MAX_IN];
+    for (size_t o = lo; o < hi; o++) {
+        kern_dequant_row(j->wtype, j->W + o * j->row_bytes, row, j->n_in);
+        for (size_t t = 0; t < j->n_tok; t++)
+            j->Y[t * j->n_out + o] = dot_f32(row, j->X + t * j->n_in, j->n_in);
+    }
+}
+
+size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
+    return n_tok * kern_act_row_bytes(KERN_ACT_Q8_1, (n_in + KERN_QK - 1) / KERN_QK * KERN_QK);
+}
+
+void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
+                 size_t n_in, size_t n_out, size_t n_tok, void *scratch) {
+    uint32_t act = kern_act_type(wtype);
+    matmul_job j = {wtype, act, W, kern_row_bytes(wtype, n_in), kern_act_row_bytes(act, n_in), X, NULL, Y,
+                    n_in, n_out, n_tok};
+    if (act != KERN_TYPE_F32) {
+        for (size_t t = 0; t < n_tok; t++)
+            kern_quantize_act_row(act, X + t * n_in, (uint8_t *)scratch + t * j.act_bytes, n_in);
+        j.Xq = scratch;
+    }
+    kern_pool_run(p, matmul_worker, &j);
+}
+
+void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
+                     size_t n_out, size_t n_tok) {
+    size_t rb = kern_row_bytes(wtype, n_in);
+    uint32_t act = kern_act_type(wtype);
+    size_t ab = kern_act_row_bytes(act, n_in);
+    uint8_t *xq = act != KERN_TYPE_F32 ? malloc(ab) : NULL;
+    for (size_t t = 0; t < n_tok; t++) {
+        if (xq) kern_quantize_act_row(act, X + t * n_in, xq, n_in);
+        for (size_t o = 0; o < n_out; o++) {
+            const uint8_t *w = (const uint8_t *)W + o * rb;
+            Y[t * n_out + o] = xq ? kern_vec_dot_act(wtype, w, xq, n_in) : kern_dot_ref(wtype, w, X + t * n_in, n_in);
+        }
+    }
+    free(xq);
+}
+
+/* ---- elementwise ---- */
+
+void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_base, bool neox) {
+    (void)head_dim;
+    size_t half = n_rot / 2;
+    for (size_t i = 0; i < half; i++) {
+        float theta = (float)pos * powf(freq_base, -2.0f * (float)i / (float)n_rot);
+        float c = cosf(theta), s = sinf(theta);
+        size_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = x[a], x1 = x[b];
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+    }
+}
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+void kern_add(float *x, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+void kern_softmax(float *x, size_t n) {
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (size_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* ---- paged KV ---- */
+
+static size_t kv_elem_bytes(uint32_t t) { return t == KERN_TYPE_F16 ? 2 : 4; }
+
+static size_t slot_offset(const int32_t *table, size_t block_size, size_t row, int32_t pos) {
+    size_t b = (size_t)table[(size_t)pos / block_size];
+    return (b * block_size + (size_t)pos % block_size) * row;
+}
+
+void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_size,
+                   size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
+                   const float *k_row, const float *v_row) {
+    size_t row = n_kv_head * head_dim;
+    size_t off = slot_offset(block_table, block_size, row, pos) * kv_elem_bytes(kv_type);
+    if (kv_type == KERN_TYPE_F16) {
+        uint16_t *k = (uint16_t *)((uint8_t *)k_layer + off), *v = (uint16_t *)((uint8_t *)v_layer + off);
+        for (size_t i = 0; i < row; i++) {
+            k[i] = kern_f32_to_f16(k_row[i]);
+            v[i] = kern_f32_to_f16(v_row[i]);
+        }
+    } else {
+        memcpy((uint8_t *)k_layer + off, k_row, row * 4);
+        memcpy((uint8_t *)v_layer + off, v_row, row * 4);
+    }
+}
+
+static const void *kv_row(const kern_kv_view *kv, const void *base, size_t pos) {
+    size_t row = kv->n_kv_head * kv->head_dim;
+    size_t off = slot_offset(kv->block_table, kv->block_size, row, (int32_t)pos);
+    return (const uint8_t *)base + off * kv_elem_bytes(kv->kv_type);
+}
+
+static float dot_kv(const void *k, uint32_t t, const float *q, size_t n) {
+    if (t == KERN_TYPE_F32) return dot_f32(k, q, n);
+    const uint16_t *h = k;
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += f16_table[h[i]] * q[i];
+    return s;
+}
+
+static void axpy_kv(float *out, float a, const void *v, uint32_t t, size_t n) {
+    if (t == KERN_TYPE_F32) {
+        const float *f = v;
+        for (size_t i = 0; i < n; i++) out[i] += a * f[i];
+        return;
+    }
+    const uint16_t *h = v;
+    for (size_t i = 0; i < n; i++) out[i] += a * f16_table[h[i]];
+}
+
+void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
+                     const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch) {
+    kern_init();
+    size_t hd = kv->head_dim, group = n_head / kv->n_kv_head, eb = kv_elem_bytes(kv->kv_type);
+    bool f16 = kv->kv_type == KERN_TYPE_F16;
+    float qr[1024]; /* head_dim <= 1024 (checked at model load) */
+    for (size_t h = h0; h < h1; h++) {
+        size_t kvh = h / group;
+        /* With an f16 cache, q and the attention weights are rounded to f16 before meeting K and
+         * V, as llama.cpp's CPU path does; the sums stay f32. */
+        for (size_t i = 0; i < hd; i++) qr[i] = f16 ? f16_table[kern_f32_to_f16(q[h * hd + i])] : q[h * hd + i];
+        for (size_t p = 0; p < n_ctx; p++) {
+            const void *k = (const uint8_t *)kv_row(kv, kv->k, p) + kvh * hd * eb;
+            scratch[p] = dot_kv(k, kv->kv_type, qr, hd) * scale;
+        }
+        kern_softmax(scratch, n_ctx);
+        float *oh = out + h * hd;
+        memset(oh, 0, hd * sizeof(float));
+        for (size_t p = 0; p < n_ctx; p++) {
+            const void *v = (const uint8_t *)kv_row(kv, kv->v, p) + kvh * hd * eb;
+            float a = f16 ? f16_table[kern_f32_to_f16(scratch[p])] : scratch[p];
+            axpy_kv(oh, a, v, kv->kv_type, hd);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+/* kern_pool: a persistent thread pool for the forward pass. One job at a time: the caller
+ * publishes fn/ctx and bumps a generation counter; workers (spinning briefly, then sleeping on
+ * a condition variable) run their share and count down. The caller runs share 0 itself, so
+ * a 1-thread pool is a plain function call. No allocation per job. */
+#include "kernels/kern.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "common/tk_mem.h"
+
+#define POOL_SPIN_ITERS 20000
+
+struct kern_pool {
+    int n_threads;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*fn)(void *ctx, int ith, int nth);
+    void *ctx;
+    atomic_uint generation; /* bumped per job; workers run when it changes */
+    atomic_int pending;     /* workers still running the current job */
+    atomic_bool stop;
+};
+
+typedef struct {
+    kern_pool *pool;
+    int ith;
+} worker_arg;
+
+static worker_arg *worker_args_of(kern_pool *p) { return (worker_arg *)(p->threads + p->n_threads); }
+
+static unsigned wait_generation(kern_pool *p, unsigned seen) {
+    for (int i = 0; i < POOL_SPIN_ITERS; i++) {
+        unsigned g = atomic_load_explicit(&p->generation, memory_order_acquire);
+        if (g != seen || atomic_load(&p->stop)) return g;
+    }
+    pthread_mutex_lock(&p->mu);
+    unsigned g;
+    while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop))
+        pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    return g;
+}
+
+static void *worker_main(void *arg) {
+    worker_arg *wa = arg;
+    kern_pool *p = wa->pool;
+    unsigned seen = 0;
+    for (;;) {
+        seen = wait_generation(p, seen);
+        if (atomic_load(&p->stop)) break;
+        p->fn(p->ctx, wa->ith, p->n_threads);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+kern_pool *kern_pool_new(int n_threads) {
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    kern_pool *p = tk_calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n_threads = n_threads;
+    p->threads = tk_calloc((size_t)n_threads, sizeof(pthread_t) + sizeof(worker_arg));
+    if (!p->threads) goto fail;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->stop, false);
+    worker_arg *args = worker_args_of(p);
+    for (int i = 1; i < n_threads; i++) {
+        args[i] = (worker_arg){p, i};
+        if (pthread_create(&p->threads[i], NULL, worker_main, &args[i]) != 0) {
+            p->n_threads = i; /* join only those started */
+            kern_pool_destroy(p);
+            return NULL;
+        }
+    }
+    return p;
+fail:
+    tk_free(p);
+    return NULL;
+}
+
+void kern_pool_destroy(kern_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, true);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    tk_free(p->threads);
+    tk_free(p);
+}
+
+int kern_pool_size(const kern_pool *p) { return p ? p->n_threads : 1; }
+
+void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx) {
+    if (!p || p->n_threads == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store(&p->pending, p->n_threads - 1);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, p->n_threads);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+        /* spin: workers finish within microseconds of us on a balanced split */
+    }
+}

@@ -1,0 +1,152 @@
+/* kern: the kernel API. Tensor types, quantized row formats, and the CPU operations the
+ * forward pass is built from. Every op here has a scalar reference that is always compiled
+ * (kernels/cpu/ *_ref); faster versions are chosen at start-up and tested against it.
+ *
+ * Row formats follow ggml's block layouts bit for bit (GGUF files store them as is):
+ *   Q8_0: 32 weights per block: f16 d; int8 qs[32]                 w = d*q
+ *   Q4_0: 32 per block: f16 d; uint8 qs[16] (low nibbles = 0..15, high = 16..31)  w = d*(q-8)
+ *   Q4_1: 32 per block: f16 d, f16 m; uint8 qs[16]                   w = d*q + m
+ *   Q4_K: 256 per block (super-block): f16 d, f16 dmin, uint8 scales[12] (8 6-bit scales and
+ *         mins), uint8 qs[128]                                       w = d*sc*q - dmin*m
+ *   Q5_K: 256 per block: f16 d, dmin, scales[12], uint8 qh[32], qs[128]
+ *   Q6_K: 256 per block: uint8 ql[128], qh[64], int8 scales[16], f16 d
+ *   F16, BF16, F32: plain.
+ * Thread: all functions are reentrant; kern_pool_run fans work out to the pool's threads. */
+#ifndef KERNELS_KERN_H
+#define KERNELS_KERN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml type ids (the numbers stored in GGUF tensor infos). */
+enum {
+    KERN_TYPE_F32 = 0,
+    KERN_TYPE_F16 = 1,
+    KERN_TYPE_Q4_0 = 2,
+    KERN_TYPE_Q4_1 = 3,
+    KERN_TYPE_Q8_0 = 8,
+    KERN_TYPE_Q4_K = 12,
+    KERN_TYPE_Q5_K = 13,
+    KERN_TYPE_Q6_K = 14,
+    KERN_TYPE_BF16 = 30,
+    KERN_TYPE_COUNT = 40 /* bound for tables indexed by type id */
+};
+
+#define KERN_QK 32   /* block size of Q8_0/Q4_0/Q4_1 */
+#define KERN_QK_K 256 /* super-block size of the K-quants */
+
+/* Type traits. kern_type_supported is false for ids outside the list above. */
+bool kern_type_supported(uint32_t type);
+const char *kern_type_name(uint32_t type);    /* "Q4_K", or "unknown" */
+size_t kern_type_block_elems(uint32_t type);  /* 1 for F32/F16/BF16, 32, or 256 */
+size_t kern_type_block_bytes(uint32_t type);  /* bytes of one block */
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block size. */
+size_t kern_row_bytes(uint32_t type, size_t n);
+
+/* Half-precision conversions (IEEE binary16 and bfloat16), round-to-nearest-even. */
+float kern_f16_to_f32(uint16_t h);
+uint16_t kern_f32_to_f16(float f);
+float kern_bf16_to_f32(uint16_t h);
+uint16_t kern_f32_to_bf16(float f);
+
+/* Scalar references. n must be a multiple of the type's block size.
+ * dequant: row of `type` -> n floats. dot: sum_i w[i]*x[i] over one row.
+ * quantize: n floats -> row of `type` (same rounding rules as ggml's reference quantizers). */
+void kern_dequant_row_ref(uint32_t type, const void *row, float *out, size_t n);
+float kern_dot_ref(uint32_t type, const void *row, const float *x, size_t n);
+int kern_quantize_row_ref(uint32_t type, const float *x, void *row, size_t n);
+
+/* Dispatched versions (fastest available; identical contract). */
+void kern_dequant_row(uint32_t type, const void *row, float *out, size_t n);
+float kern_dot(uint32_t type, const void *row, const float *x, size_t n);
+
+/* ---- thread pool ---- */
+typedef struct kern_pool kern_pool;
+/* Persistent pool of n_threads workers (the calling thread counts as worker 0). Workers spin
+ * briefly after each job, then sleep on a condition variable. n_threads <= 0: one per CPU. */
+kern_pool *kern_pool_new(int n_threads);
+void kern_pool_destroy(kern_pool *p);
+int kern_pool_size(const kern_pool *p);
+/* Runs fn(ctx, ith, nth) for ith in [0, nth) on the pool and returns when all are done. */
+void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx);
+
+/* ---- ops (f32 activations) ---- */
+/* Y[t][o] = sum_i W[o][i] * X[t][i]; W is n_out rows of `wtype`, each n_in wide.
+ * X: (n_tok, n_in) f32, Y: (n_tok, n_out) f32. Parallel over output rows on the pool (p may be
+ * NULL: runs on the calling thread). For n_tok > 1 each weight row is dequantised once into a
+ * per-thread scratch row and reused for every token; n_in must be <= KERN_MATMUL_MAX_IN. */
+#define KERN_MATMUL_MAX_IN 65536
+/* Activations meet quantised weights the way llama.cpp's CPU backend does, so greedy tokens
+ * agree with it: for Q8_0 and Q4_0 weights each 32-block of X is quantised to Q8_0, for Q4_1 to
+ * Q8_1 (int8 + f16 scale + f16 scaled sum), and the block dot is an integer sum times the two
+ * scales. Other weight types meet f32 activations (dequantised row, f32 dot).
+ * `scratch` holds the quantised X: at least kern_matmul_scratch_bytes(n_in, n_tok) bytes. */
+void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
+                 size_t n_in, size_t n_out, size_t n_tok, void *scratch);
+size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok);
+/* Scalar reference of kern_matmul (same arithmetic, one thread, allocates). */
+void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
+                     size_t n_out, size_t n_tok);
+
+/* Activation formats: the type X is quantised to for a weight type (KERN_TYPE_Q8_0,
+ * KERN_ACT_Q8_1, or KERN_TYPE_F32 when X stays f32). */
+#define KERN_ACT_Q8_1 9 /* ggml's Q8_1: f16 d, f16 s (= d * sum q), int8 qs[32] */
+uint32_t kern_act_type(uint32_t wtype);
+size_t kern_act_row_bytes(uint32_t act_type, size_t n);
+/* Quantise one activation row (n a multiple of 32) as ggml's quantize_row_q8_0/q8_1 do. */
+void kern_quantize_act_row(uint32_t act_type, const float *x, void *out, size_t n);
+/* Dot of a weight row with a quantised activation row (scalar, the reference arithmetic). */
+float kern_vec_dot_act(uint32_t wtype, const void *wrow, const void *xq, size_t n);
+
+/* out = x / rms(x) * w  (per row of n). */
+void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps);
+/* RoPE in place on one head of size head_dim at position pos. Rotates the first n_rot dims.
+ * neox=false: pairs (2i, 2i+1) (llama GGUF); neox=true: pairs (i, i + n_rot/2) (qwen). */
+void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_base, bool neox);
+/* out[i] = silu(gate[i]) * up[i] */
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
+/* x[i] += y[i] */
+void kern_add(float *x, const float *y, size_t n);
+/* In-place softmax over n values; returns nothing. */
+void kern_softmax(float *x, size_t n);
+
+
+/* ---- attention over a paged KV cache ----
+ * One layer's cache is n_blocks blocks of block_size token slots; a slot holds n_kv_head
+ * heads of head_dim values of kv_type (KERN_TYPE_F16 or KERN_TYPE_F32):
+ *   K[block][slot][kv_head][head_dim], V likewise.
+ * A sequence's logical block b lives in physical block block_table[b]. */
+typedef struct {
+    const void *k;           /* (n_blocks, block_size, n_kv_head, head_dim) of kv_type */
+    const void *v;           /* same layout */
+    uint32_t kv_type;
+    size_t block_size;
+    size_t n_kv_head;
+    size_t head_dim;
+    const int32_t *block_table; /* the sequence's physical block ids */
+} kern_kv_view;
+
+/* Writes one token's K and V rows (n_kv_head*head_dim f32 each) at position pos. */
+void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_size,
+                   size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
+                   const float *k_row, const float *v_row);
+
+/* Causal attention of one query token attending to positions [0, n_ctx) of its sequence, for
+ * heads [h0, h1): out (n_head*head_dim) = softmax(q.K^T * scale) V per head, with GQA (head h
+ * uses kv head h / (n_head / n_kv_head)). scratch: at least n_ctx floats. */
+void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
+                     const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);
+
+/* One-time initialisation of lookup tables (f16 -> f32); idempotent and thread-safe. */
+void kern_init(void);
+
+/* ---- batched dot (kernels/cpu/quant.c) ---- */
+/* out[r] = kern_dot(type, rows + r*row_stride_bytes, x, n) for r in [0, n_rows): the rows of
+ * a weight matrix against one activation vector (the decode matmul). Same contract as
+ * kern_dot; an unsupported type aborts in kern_dot/kern_dequant_row and their _ref versions
+ * (loaders reject such types first), kern_quantize_row_ref returns -EINVAL instead. */
+void kern_dot_rows(uint32_t type, const void *rows, size_t row_stride_bytes, size_t n_rows,
+                   const float *x, size_t n, float *out);
+
+#endif

@@ -1,0 +1,465 @@
+/* Model and forward-pass tests against real models and reference data:
+ *  - stories260K: greedy continuations of every reference prompt match llama.cpp token for
+ *    token (one sequence at a time, and all prompts batched together), top-5 probabilities
+ *    within 2e-3;
+ *  - SmolLM2-135M-Instruct Q4_1: teacher-forced next-token distributions against llama.cpp's
+ *    (tests/data/smollm2/reference.json): top-1 agrees wherever the reference's top-1/top-2 gap
+ *    exceeds 0.01, mean KL below 0.01; the chat template answers the France question with Paris;
+ *  - random tiny models of each architecture: the batched path and the one-sequence path give
+ *    bitwise identical logits;
+ *  - bad model files give errors naming the file and the field. */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/chat.h"
+#include "engine/model.h"
+#include "kernels/kern.h"
+#include "scheduler/generate.h"
+#include "scheduler/kv_block.h"
+#include "tests/unit/testutil.h"
+
+static eng_model *load_or_fail(const char *path) {
+    char err[512] = "";
+    eng_model *m = NULL;
+    int rc = eng_model_load(path, &m, err, sizeof err);
+    ck_assert_msg(rc == 0, "load %s: %s", path, err);
+    return m;
+}
+
+static eng_ctx *ctx_or_fail(const eng_model *m, int32_t max_tokens, int32_t max_ctx, uint32_t kv_type) {
+    eng_ctx_params p;
+    eng_ctx_params_default(&p);
+    p.max_tokens = max_tokens;
+    p.max_ctx = max_ctx;
+    p.n_blocks = 1024;
+    p.kv_type = kv_type;
+    p.n_threads = 2;
+    char err[256] = "";
+    eng_ctx *c = NULL;
+    ck_assert_msg(eng_ctx_new(m, &p, &c, err, sizeof err) == 0, "ctx: %s", err);
+    return c;
+}
+
+static int32_t *json_ids(const cJSON *arr, int *n) {
+    *n = cJSON_GetArraySize(arr);
+    int32_t *ids = calloc((size_t)*n + 1, sizeof(int32_t));
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)cJSON_GetArrayItem(arr, i)->valuedouble;
+    return ids;
+}
+
+/* ---------- stories260K against llama.cpp's greedy reference ---------- */
+
+START_TEST(test_stories_greedy_reference) {
+    char path[512], ref[512];
+    eng_model *m = load_or_fail(tu_shared_path("testdata/models/stories260K.gguf", path, sizeof path));
+    eng_ctx *c = ctx_or_fail(m, 64, 512, KERN_TYPE_F16);
+    FILE *f = fopen(tu_shared_path("testdata/reference/stories260K.greedy.jsonl", ref, sizeof ref), "r");
+    ck_assert_msg(f != NULL, "open %s", ref);
+    char line[65536];
+    int n_cases = 0;
+    double max_dp = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        ck_assert_ptr_nonnull(j);
+        const char *prompt = cJSON_GetObjectItem(j, "prompt")->valuestring;
+        int n_ref_prompt, n_ref_gen;
+        int32_t *ref_prompt = json_ids(cJSON_GetObjectItem(j, "prompt_ids"), &n_ref_prompt);
+        int32_t *ref_gen = json_ids(cJSON_GetObjectItem(j, "gen_ids"), &n_ref_gen);
+        int32_t ids[512];
+        size_t n_ids = 0;
+        ck_assert_int_eq(tok_encode(eng_model_vocab(m), prompt, strlen(prompt), true, false, ids, 512, &n_ids), 0);
+        ck_assert_int_eq((int)n_ids, n_ref_prompt);
+        ck_assert_mem_eq(ids, ref_prompt, n_ids * sizeof(int32_t));
+        sched_gen_request rq = {0};
+        rq.prompt = ids;
+        rq.n_prompt = n_ids;
+        eng_sampling_params_default(&rq.sampling);
+        rq.sampling.temperature = 0;
+        rq.sampling.top_logprobs = 5;
+        rq.max_tokens = n_ref_gen;
+        eng_token_logprob lp[32 * 6];
+        rq.logprobs = lp;
+        int32_t gen[64];
+        sched_gen_result res;
+        char err[256];
+        ck_assert_msg(sched_generate(c, m, &rq, gen, &res, err, sizeof err) == 0, "%s", err);
+        ck_assert_int_eq(res.n_gen, n_ref_gen);
+        for (int i = 0; i < n_ref_gen; i++)
+            ck_assert_msg(gen[i] == ref_gen[i], "prompt '%s' token %d: %d, reference %d", prompt, i, gen[i], ref_gen[i]);
+        const cJSON *tops = cJSON_GetObjectItem(j, "top5_first4");
+        for (int p = 0; p < cJSON_GetArraySize(tops); p++) {
+            const cJSON *t5 = cJSON_GetObjectItem(cJSON_GetArrayItem(tops, p), "top5");
+            for (int k = 0; k < 5; k++) {
+                const cJSON *e = cJSON_GetArrayItem(t5, k);
+                int32_t id = (int32_t)cJSON_GetObjectItem(e, "id")->valuedouble;
+                double prob = cJSON_GetObjectItem(e, "prob")->valuedouble;
+                const eng_token_logprob *mine = &lp[p * 6 + 1 + k];
+                ck_assert_msg(mine->id == id, "pos %d rank %d: id %d vs %d", p, k, mine->id, id);
+                double dp = fabs(exp(mine->logprob) - prob);
+                max_dp = dp > max_dp ? dp : max_dp;
+                ck_assert_msg(dp < 2e-3, "pos %d rank %d: prob %g vs %g", p, k, exp(mine->logprob), prob);
+            }
+        }
+        free(ref_prompt);
+        free(ref_gen);
+        cJSON_Delete(j);
+        n_cases++;
+    }
+    fclose(f);
+    ck_assert_int_eq(n_cases, 8);
+    printf("stories260K: 8/8 prompts match llama.cpp greedily; max top-5 |dp| %.2e\n", max_dp);
+    eng_ctx_destroy(c);
+    eng_model_destroy(m);
+}
+END_TEST
+
+/* All reference prompts in one ragged batch: prefill together, then decode together. */
+START_TEST(test_stories_batched_greedy) {
+    char path[512], ref[512];
+    eng_model *m = load_or_fail(tu_shared_path("testdata/models/stories260K.gguf", path, sizeof path));
+    eng_ctx *c = ctx_or_fail(m, 256, 512, KERN_TYPE_F16);
+    FILE *f = fopen(tu_shared_path("testdata/reference/stories260K.greedy.jsonl", ref, sizeof ref), "r");
+    ck_assert_ptr_nonnull(f);
+    enum { NS = 8, BS = 16, NB = 8 };
+    int32_t hist[NS][128], n_hist[NS], ref_gen[NS][32], table[NS][NB];
+    char line[65536];
+    int ns = 0;
+    while (ns < NS && fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        int n, ng;
+        int32_t *p = json_ids(cJSON_GetObjectItem(j, "prompt_ids"), &n);
+        int32_t *g = json_ids(cJSON_GetObjectItem(j, "gen_ids"), &ng);
+        memcpy(hist[ns], p, n * sizeof(int32_t));
+        memcpy(ref_gen[ns], g, 32 * sizeof(int32_t));
+        n_hist[ns] = n;
+        for (int b = 0; b < NB; b++) table[ns][b] = ns * NB + b; /* disjoint blocks per sequence */
+        free(p);
+        free(g);
+        cJSON_Delete(j);
+        ns++;
+    }
+    fclose(f);
+    ck_assert_int_eq(ns, NS);
+    uint32_t V = eng_model_hparams(m)->n_vocab;
+    float *logits = malloc(sizeof(float) * V * NS);
+    int32_t toks[256];
+    eng_seq_step seqs[NS];
+    for (int step = 0; step < 32; step++) {
+        int nt = 0;
+        for (int s = 0; s < NS; s++) {
+            int n_new = step == 0 ? n_hist[s] : 1;
+            int n_cached = n_hist[s] - n_new;
+            memcpy(toks + nt, hist[s] + n_cached, n_new * sizeof(int32_t));
+            seqs[s] = (eng_seq_step){table[s], n_cached, n_new, ENG_LOGITS_LAST};
+            nt += n_new;
+        }
+        eng_batch b = {toks, nt, seqs, NS};
+        ck_assert_int_eq(eng_forward(c, &b, logits), NS);
+        for (int s = 0; s < NS; s++) {
+            int best = 0;
+            for (uint32_t v = 1; v < V; v++)
+                if (logits[s * V + v] > logits[s * V + best]) best = (int)v;
+            ck_assert_msg(best == ref_gen[s][step], "seq %d step %d: %d vs reference %d", s, step, best, ref_gen[s][step]);
+            hist[s][n_hist[s]++] = best;
+        }
+    }
+    free(logits);
+    eng_ctx_destroy(c);
+    eng_model_destroy(m);
+}
+END_TEST
+
+/* ---------- SmolLM2 against llama.cpp, teacher-forced ---------- */
+
+static void log_softmax(const float *x, size_t n, double *out) {
+    double mx = -INFINITY, sum = 0;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (size_t i = 0; i < n; i++) sum += exp(x[i] - mx);
+    double lse = mx + log(sum);
+    for (size_t i = 0; i < n; i++) out[i] = x[i] - lse;
+}
+
+/* KL(ref || tokd) over the reference's top-K tokens plus one bucket for the remaining mass
+ * (a coarse-grained KL, which is never larger than the full one over the whole vocabulary). */
+static double kl_topk(const cJSON *pos, const double *lq, uint32_t V, int *top1_ok, double *gap) {
+    const cJSON *ids = cJSON_GetObjectItem(pos, "ids"), *lps = cJSON_GetObjectItem(pos, "logprobs");
+    int k = cJSON_GetArraySize(ids);
+    double kl = 0, p_in = 0, q_in = 0;
+    for (int i = 0; i < k; i++) {
+        int id = (int)cJSON_GetArrayItem(ids, i)->valuedouble;
+        double lp = cJSON_GetArrayItem(lps, i)->valuedouble;
+        kl += exp(lp) * (lp - lq[id]);
+        p_in += exp(lp);
+        q_in += exp(lq[id]);
+    }
+    double p_out = 1 - p_in > 1e-12 ? 1 - p_in : 1e-12, q_out = 1 - q_in > 1e-12 ? 1 - q_in : 1e-12;
+    kl += p_out * log(p_out / q_out);
+    *gap = exp(cJSON_GetArrayItem(lps, 0)->valuedouble) - exp(cJSON_GetArrayItem(lps, 1)->valuedouble);
+    int ref_top = (int)cJSON_GetArrayItem(ids, 0)->valuedouble;
+    *top1_ok = 1;
+    for (uint32_t i = 0; i < V; i++) /* is the reference's top-1 also tokd's? */
+        if (lq[i] > lq[ref_top]) {
+            *top1_ok = 0;
+            break;
+        }
+    return kl;
+}
+
+START_TEST(test_smollm2_teacher_forced) {
+    const char *model = tu_default_model();
+    ck_assert_msg(model != NULL, "TOKD_MODEL must point at SmolLM2-135M-Instruct.Q4_1.gguf (make model)");
+    eng_model *m = load_or_fail(model);
+    eng_ctx *c = ctx_or_fail(m, 160, 512, KERN_TYPE_F16);
+    size_t len;
+    char *txt = tu_read_file("tests/data/smollm2/reference.json", &len);
+    ck_assert_msg(txt != NULL, "tests/data/smollm2/reference.json (run from the repo root)");
+    cJSON *root = cJSON_Parse(txt);
+    ck_assert_ptr_nonnull(root);
+    uint32_t V = eng_model_hparams(m)->n_vocab;
+    float *logits = malloc(sizeof(float) * V * 160);
+    double *lq = malloc(sizeof(double) * V);
+    int32_t table[16];
+    for (int i = 0; i < 16; i++) table[i] = i;
+    double kl_sum = 0, kl_max = 0;
+    int n_pos = 0, n_gap = 0, n_cases = 0, n_bad = 0;
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
+        int np, ng;
+        int32_t *p = json_ids(cJSON_GetObjectItem(cs, "prompt_ids"), &np);
+        int32_t *g = json_ids(cJSON_GetObjectItem(cs, "gen_ids"), &ng);
+        int32_t toks[160];
+        memcpy(toks, p, np * sizeof(int32_t));
+        memcpy(toks + np, g, (ng - 1) * sizeof(int32_t));
+        int nt = np + ng - 1;
+        eng_seq_step sq = {table, 0, nt, ENG_LOGITS_ALL};
+        eng_batch b = {toks, nt, &sq, 1};
+        ck_assert_int_eq(eng_forward(c, &b, logits), nt);
+        const cJSON *positions = cJSON_GetObjectItem(cs, "positions");
+        for (int i = 0; i < ng; i++) {
+            log_softmax(logits + (size_t)(np - 1 + i) * V, V, lq);
+            int ok;
+            double gap, kl = kl_topk(cJSON_GetArrayItem(positions, i), lq, V, &ok, &gap);
+            kl_sum += kl;
+            kl_max = kl > kl_max ? kl : kl_max;
+            n_pos++;
+            if (gap > 0.01) {
+                n_gap++;
+                if (!ok) {
+                    n_bad++;
+                    printf("case %d position %d: tokd's top-1 differs (reference gap %.3f, KL %.3g)\n", n_cases, i, gap, kl);
+                }
+            }
+        }
+        free(p);
+        free(g);
+        n_cases++;
+    }
+    double kl_mean = kl_sum / n_pos;
+    printf("SmolLM2 vs llama.cpp: %d cases, %d positions (%d with gap > 0.01, %d top-1 differ); mean KL %.2e, max %.2e\n",
+           n_cases, n_pos, n_gap, n_bad, kl_mean, kl_max);
+    ck_assert_int_eq(n_bad, 0);
+    ck_assert_int_ge(n_cases, 8);
+    ck_assert_msg(kl_mean < 0.01, "mean KL %g", kl_mean);
+    cJSON_Delete(root);
+    free(txt);
+    free(lq);
+    free(logits);
+    eng_ctx_destroy(c);
+    eng_model_destroy(m);
+}
+END_TEST
+
+static void collect(void *ud, const char *text, size_t len) {
+    strncat((char *)ud, text, len < 4000 - strlen(ud) ? len : 4000 - strlen(ud) - 1);
+}
+
+START_TEST(test_smollm2_chat_paris) {
+    const char *model = tu_default_model();
+    ck_assert_ptr_nonnull(model);
+    eng_model *m = load_or_fail(model);
+    eng_ctx *c = ctx_or_fail(m, 128, 512, KERN_TYPE_F16);
+    chat_tmpl t;
+    char err[256];
+    ck_assert_msg(chat_tmpl_detect(eng_model_chat_template(m), &t, err, sizeof err) == 0, "%s", err);
+    chat_msg msg = {"user", "What is the capital of France?"};
+    char *prompt = NULL;
+    ck_assert_int_eq(chat_render(&t, &msg, 1, true, "", &prompt, err, sizeof err), 0);
+    int32_t ids[256];
+    size_t n = 0;
+    ck_assert_int_eq(tok_encode(eng_model_vocab(m), prompt, strlen(prompt), true, true, ids, 256, &n), 0);
+    char out[4000] = "";
+    sched_gen_request rq = {0};
+    rq.prompt = ids;
+    rq.n_prompt = n;
+    eng_sampling_params_default(&rq.sampling);
+    rq.sampling.temperature = 0;
+    rq.max_tokens = 48;
+    rq.on_text = collect;
+    rq.ud = out;
+    int32_t gen[64];
+    sched_gen_result res;
+    ck_assert_int_eq(sched_generate(c, m, &rq, gen, &res, err, sizeof err), 0);
+    printf("SmolLM2 --chat: %s\n", out);
+    ck_assert_msg(strstr(out, "Paris") != NULL, "answer: %s", out);
+    ck_assert_int_eq(res.finish, SCHED_FINISH_STOP); /* ended on <|im_end|> */
+    free(prompt);
+    chat_tmpl_free(&t);
+    eng_ctx_destroy(c);
+    eng_model_destroy(m);
+}
+END_TEST
+
+/* ---------- random tiny models: batched == one sequence at a time ---------- */
+
+typedef struct {
+    const char *arch;
+    uint32_t wtype, n_embd, head_dim;
+    bool tied;
+} tiny_case;
+
+static const tiny_case tiny_cases[] = {
+    {"llama", KERN_TYPE_F32, 64, 16, false}, {"llama", KERN_TYPE_Q8_0, 64, 16, true},
+    {"qwen2", KERN_TYPE_Q4_0, 64, 16, false}, {"qwen3", KERN_TYPE_Q4_1, 96, 24, true},
+    {"llama", KERN_TYPE_Q4_K, 256, 64, false}, {"qwen3", KERN_TYPE_Q6_K, 256, 64, false},
+    {"qwen2", KERN_TYPE_Q5_K, 256, 64, true}, {"llama", KERN_TYPE_F16, 64, 16, false},
+    {"llama", KERN_TYPE_BF16, 64, 16, true},
+};
+
+enum { TS = 3, TMAX = 24 };
+static const int tiny_len[TS] = {7, 19, 3}; /* prompt lengths; then 4 decode steps each */
+
+/* Sequence s alone: whole prompt, then decode; logits of every step's last token. */
+static void run_alone(eng_ctx *c, int s, const int32_t *toks, float *out, uint32_t V) {
+    int32_t table[4] = {10 + 3 * s, 11 + 3 * s, 12 + 3 * s, 0};
+    int n = tiny_len[s];
+    eng_seq_step sq = {table, 0, n, ENG_LOGITS_LAST};
+    eng_batch b = {toks, n, &sq, 1};
+    ck_assert_int_eq(eng_forward(c, &b, out), 1);
+    for (int d = 0; d < 4; d++) {
+        sq = (eng_seq_step){table, n + d, 1, ENG_LOGITS_LAST};
+        eng_batch bd = {toks + n + d, 1, &sq, 1};
+        ck_assert_int_eq(eng_forward(c, &bd, out + (size_t)(d + 1) * V), 1);
+    }
+}
+
+START_TEST(test_tiny_batched_equals_single) {
+    const tiny_case *tc = &tiny_cases[_i];
+    char path[] = "/tmp/tokd_tiny_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    tu_tiny_spec spec = {tc->arch, tc->n_embd, 2, 4, 2, tc->head_dim, 2 * tc->n_embd, 5, tc->wtype, tc->tied, 42 + _i};
+    ck_assert_int_eq(tu_write_tiny_model(&spec, path), 0);
+    eng_model *m = load_or_fail(path);
+    unlink(path);
+    ck_assert_int_eq(eng_model_traits(m)->tied_embd, tc->tied);
+    uint32_t V = eng_model_hparams(m)->n_vocab;
+    eng_ctx *c = ctx_or_fail(m, 64, 64, KERN_TYPE_F16);
+    int32_t toks[TS][TMAX];
+    for (int s = 0; s < TS; s++)
+        for (int i = 0; i < TMAX; i++) toks[s][i] = (int32_t)((s * 31 + i * 7 + 3) % V);
+    float *alone = malloc(sizeof(float) * V * 5 * TS), *batched = malloc(sizeof(float) * V * 5 * TS);
+    for (int s = 0; s < TS; s++) run_alone(c, s, toks[s], alone + (size_t)s * 5 * V, V);
+    /* batched: step 0 prefills seq 1 in two chunks interleaved with the others' work */
+    int32_t tables[TS][4] = {{40, 41, 42, 0}, {43, 44, 45, 0}, {46, 47, 48, 0}};
+    int done[TS] = {0}, n_logit[TS] = {0};
+    for (int step = 0; step < 8; step++) {
+        int32_t bt[64];
+        eng_seq_step sq[TS];
+        int nt = 0, ns = 0, who[TS];
+        for (int s = 0; s < TS; s++) {
+            int target = tiny_len[s] + 4;
+            if (done[s] >= target || (s == 2 && step == 0)) continue; /* seq 2 joins late */
+            int n_new = done[s] < tiny_len[s] ? (s == 1 && done[s] == 0 ? 10 : tiny_len[s] - done[s]) : 1;
+            bool want = done[s] + n_new >= tiny_len[s];
+            memcpy(bt + nt, toks[s] + done[s], n_new * sizeof(int32_t));
+            sq[ns] = (eng_seq_step){tables[s], done[s], n_new, want ? ENG_LOGITS_LAST : ENG_LOGITS_NONE};
+            who[ns++] = want ? s : -1;
+            nt += n_new;
+            done[s] += n_new;
+        }
+        if (ns == 0) break;
+        float rows[TS * 600];
+        ck_assert(V <= 600);
+        eng_batch b = {bt, nt, sq, ns};
+        int nr = eng_forward(c, &b, rows);
+        ck_assert_int_ge(nr, 0);
+        for (int k = 0, r = 0; k < ns; k++) {
+            if (who[k] < 0) continue;
+            memcpy(batched + ((size_t)who[k] * 5 + n_logit[who[k]]++) * V, rows + (size_t)r++ * V, V * sizeof(float));
+        }
+    }
+    for (int s = 0; s < TS; s++) ck_assert_int_eq(n_logit[s], 5);
+    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0, "%s/%s: batched logits differ", tc->arch,
+                  kern_type_name(tc->wtype));
+    /* and the logits are finite and not all equal (the model actually ran) */
+    ck_assert(isfinite(alone[0]) && alone[0] != alone[1]);
+    free(alone);
+    free(batched);
+    eng_ctx_destroy(c);
+    eng_model_destroy(m);
+}
+END_TEST
+
+/* ---------- bad model files ---------- */
+
+static void expect_load_error(const tu_tiny_spec *spec, const char *needle) {
+    char path[] = "/tmp/tokd_bad_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    ck_assert_int_eq(tu_write_tiny_model(spec, path), 0);
+    char err[512] = "";
+    eng_model *m = NULL;
+    int rc = eng_model_load(path, &m, err, sizeof err);
+    unlink(path);
+    ck_assert_int_lt(rc, 0);
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err, needle) && strstr(err, path), "error '%s' lacks '%s' or the path", err, needle);
+}
+
+START_TEST(test_bad_models) {
+    tu_tiny_spec s = {"gpt-j", 64, 1, 4, 2, 16, 128, 0, KERN_TYPE_F32, false, 1};
+    expect_load_error(&s, "unsupported architecture 'gpt-j'");
+    s.arch = "llama";
+    s.n_head_kv = 3; /* 4 heads over 3 kv heads */
+    expect_load_error(&s, "head_count");
+    s.n_head_kv = 2;
+    s.head_dim = 17; /* odd head size */
+    expect_load_error(&s, "key_length");
+    char err[512] = "";
+    eng_model *m = NULL;
+    ck_assert_int_lt(eng_model_load("/nonexistent/model.gguf", &m, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "/nonexistent/model.gguf") != NULL, "%s", err);
+}
+END_TEST
+
+static Suite *model_suite(void) {
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("reference");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_stories_greedy_reference);
+    tcase_add_test(tc, test_stories_batched_greedy);
+    tcase_add_test(tc, test_smollm2_teacher_forced);
+    tcase_add_test(tc, test_smollm2_chat_paris);
+    suite_add_tcase(s, tc);
+    TCase *tt = tcase_create("tiny");
+    tcase_set_timeout(tt, 60);
+    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, (int)(sizeof tiny_cases / sizeof tiny_cases[0]));
+    tcase_add_test(tt, test_bad_models);
+    suite_add_tcase(s, tt);
+    return s;
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0); /* keep printed figures when a forked test dies */
+    SRunner *sr = srunner_create(model_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
