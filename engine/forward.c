@@ -34,7 +34,7 @@ struct eng_ctx {
 
 void eng_ctx_params_default(eng_ctx_params *p) {
     *p = (eng_ctx_params){.max_tokens = 512, .max_logits = 0, .n_blocks = 0, .block_size = 16,
-                          .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0};
+                          .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0, .quant_act = false};
 }
 
 static int ctx_alloc(eng_ctx *c) {
@@ -56,7 +56,7 @@ static int ctx_alloc(eng_ctx *c) {
         !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
         return ENG_ERR_NOMEM;
     size_t max_in = hp->n_ff > wide ? hp->n_ff : wide;
-    if (!(c->mm_scratch = tk_malloc(kern_matmul_scratch_bytes(max_in, T)))) return ENG_ERR_NOMEM;
+    if (c->p.quant_act && !(c->mm_scratch = tk_malloc(kern_matmul_scratch_bytes(max_in, T)))) return ENG_ERR_NOMEM;
     return 0;
 }
 

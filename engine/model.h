@@ -88,6 +88,8 @@ typedef struct {
     int32_t max_ctx;     /* longest sequence (positions); 0: n_ctx_train */
     uint32_t kv_type;    /* KERN_TYPE_F16 (default) or KERN_TYPE_F32 */
     int n_threads;       /* 0: one per CPU */
+    bool quant_act;      /* quantise activations as llama.cpp's CPU backend does (see kern_matmul);
+                            default false: exact f32 activations */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

@@ -261,9 +261,33 @@ bad:
 
 /* ---- merges ---- */
 
+/* Check every merge entry has a space past its first byte; sets *total (arena bytes). */
+static int merges_check(const gguf_file *f, const char *key, uint64_t n, size_t *total, char *err,
+                        size_t errlen) {
+    *total = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const char *s;
+        size_t len;
+        const char *why = NULL;
+        if (gguf_arr_str_at(f, key, i, &s, &len) != 0)
+            why = "unreadable";
+        else if (!(len > 1 && memchr(s + 1, ' ', len - 1))) /* llama.cpp: find(' ', 1) */
+            why = "has no space";
+        else if ((*total += len) > UINT32_MAX - 1)
+            why = "makes the merges too large";
+        if (why) {
+            snprintf(err, errlen, "%s: %s: entry %llu %s", gguf_path(f), key,
+                     (unsigned long long)i, why);
+            return TOK_ERR_FORMAT;
+        }
+    }
+    return 0;
+}
+
 int tok__bpe_load_merges(tok_vocab *v, const gguf_file *f, char *err, size_t errlen) {
     static const char *key = "tokenizer.ggml.merges";
     uint64_t n = 0;
+    size_t total = 0;
     int rc = gguf_get_arr_str(f, key, &n);
     if (rc) {
         snprintf(err, errlen, "%s: %s: %s", gguf_path(f), key,
@@ -276,27 +300,7 @@ int tok__bpe_load_merges(tok_vocab *v, const gguf_file *f, char *err, size_t err
                  (unsigned long long)n);
         return TOK_ERR_FORMAT;
     }
-    size_t total = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        const char *s;
-        size_t len;
-        if (gguf_arr_str_at(f, key, i, &s, &len) != 0) {
-            snprintf(err, errlen, "%s: %s: entry %llu unreadable", gguf_path(f), key,
-                     (unsigned long long)i);
-            return TOK_ERR_FORMAT;
-        }
-        total += len;
-        const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
-        if (!sp) {
-            snprintf(err, errlen, "%s: %s: entry %llu has no space", gguf_path(f), key,
-                     (unsigned long long)i);
-            return TOK_ERR_FORMAT;
-        }
-        if (total > UINT32_MAX - 1) {
-            snprintf(err, errlen, "%s: %s: too large", gguf_path(f), key);
-            return TOK_ERR_FORMAT;
-        }
-    }
+    if ((rc = merges_check(f, key, n, &total, err, errlen)) != 0) return rc;
     v->merges = tk_calloc(n ? n : 1, sizeof *v->merges);
     v->merge_arena = tk_malloc(total + 1);
     if (!v->merges || !v->merge_arena || tok__ht_init(&v->merge_ht, n)) return TOK_ERR_NOMEM;

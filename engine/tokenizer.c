@@ -261,29 +261,39 @@ static int load_specials(tok_vocab *v, const gguf_file *f, char *err, size_t err
     return 0;
 }
 
-static const tok_vocab *sort_vocab; /* qsort has no context argument; load is single-threaded */
+/* Sort key of a special token: longest text first, then lowest id (deterministic order). */
+typedef struct {
+    uint32_t len;
+    int32_t id;
+} special_key;
 
 static int cmp_special(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    uint32_t lx = sort_vocab->text_len[x], ly = sort_vocab->text_len[y];
-    if (lx != ly) return lx > ly ? -1 : 1;
-    return x < y ? -1 : x > y;
+    const special_key *x = a, *y = b;
+    if (x->len != y->len) return x->len > y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static bool is_special_type(uint8_t t) {
+    return t == TOK_TYPE_CONTROL || t == TOK_TYPE_USER_DEFINED || t == TOK_TYPE_UNKNOWN;
 }
 
 static int build_special_list(tok_vocab *v) {
-    int32_t n = 0;
+    size_t n = 0;
+    for (int32_t i = 0; i < v->n_vocab; i++) n += is_special_type(v->type[i]) && v->text_len[i] > 0;
+    special_key *keys = tk_calloc(n ? n : 1, sizeof *keys);
+    v->special = tk_calloc(n ? n : 1, sizeof *v->special);
+    if (!keys || !v->special) {
+        tk_free(keys);
+        return TOK_ERR_NOMEM;
+    }
+    n = 0;
     for (int32_t i = 0; i < v->n_vocab; i++)
-        n += v->type[i] == TOK_TYPE_CONTROL || v->type[i] == TOK_TYPE_USER_DEFINED ||
-             v->type[i] == TOK_TYPE_UNKNOWN;
-    v->special = tk_calloc(n ? (size_t)n : 1, sizeof *v->special);
-    if (!v->special) return TOK_ERR_NOMEM;
-    for (int32_t i = 0; i < v->n_vocab; i++)
-        if ((v->type[i] == TOK_TYPE_CONTROL || v->type[i] == TOK_TYPE_USER_DEFINED ||
-             v->type[i] == TOK_TYPE_UNKNOWN) && v->text_len[i] > 0)
-            v->special[v->n_special++] = i;
-    sort_vocab = v;
-    qsort(v->special, (size_t)v->n_special, sizeof *v->special, cmp_special);
-    sort_vocab = NULL;
+        if (is_special_type(v->type[i]) && v->text_len[i] > 0)
+            keys[n++] = (special_key){v->text_len[i], i};
+    qsort(keys, n, sizeof *keys, cmp_special);
+    for (size_t i = 0; i < n; i++) v->special[i] = keys[i].id;
+    v->n_special = (int32_t)n;
+    tk_free(keys);
     return 0;
 }
 

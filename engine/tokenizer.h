@@ -78,7 +78,9 @@ typedef struct {
 } tok_detok;
 void tok_detok_init(tok_detok *d);
 /* Appends the text of `id` to out (cap bytes) and returns bytes written, or a negative error.
- * Invalid bytes that can never become a valid sequence are emitted as U+FFFD. */
+ * Invalid bytes that can never become a valid sequence are emitted as U+FFFD. Control tokens
+ * add nothing (tok_token_to_bytes with render_special false). On TOK_ERR_NOSPACE nothing is
+ * written and *d is unchanged, so the call can be retried with a larger buffer. */
 int tok_detok_push(const tok_vocab *v, tok_detok *d, int32_t id, char *out, size_t cap);
 /* Flushes what is still held back (as U+FFFD for an incomplete sequence). */
 int tok_detok_flush(tok_detok *d, char *out, size_t cap);

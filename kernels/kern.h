@@ -77,17 +77,20 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
  * NULL: runs on the calling thread). For n_tok > 1 each weight row is dequantised once into a
  * per-thread scratch row and reused for every token; n_in must be <= KERN_MATMUL_MAX_IN. */
 #define KERN_MATMUL_MAX_IN 65536
-/* Activations meet quantised weights the way llama.cpp's CPU backend does, so greedy tokens
- * agree with it: for Q8_0 and Q4_0 weights each 32-block of X is quantised to Q8_0, for Q4_1 to
- * Q8_1 (int8 + f16 scale + f16 scaled sum), and the block dot is an integer sum times the two
- * scales. Other weight types meet f32 activations (dequantised row, f32 dot).
- * `scratch` holds the quantised X: at least kern_matmul_scratch_bytes(n_in, n_tok) bytes. */
+/* Two arithmetics, chosen by act_scratch:
+ *  - NULL: f32 activations against the dequantised weights (the exact product; default).
+ *  - non-NULL: activations quantised the way llama.cpp's CPU backend does it: for Q8_0 and
+ *    Q4_0 weights each 32-block of X becomes Q8_0, for Q4_1 Q8_1 (int8 + f16 scale + f16 scaled
+ *    sum), and each block dot is an integer sum times the two scales (bit-identical to ggml's
+ *    vec_dot per row); other weight types stay f32. act_scratch then holds the quantised X: at
+ *    least kern_matmul_scratch_bytes(n_in, n_tok) bytes.
+ * Either way a row's result does not depend on n_tok or the thread split. */
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
-                 size_t n_in, size_t n_out, size_t n_tok, void *scratch);
+                 size_t n_in, size_t n_out, size_t n_tok, void *act_scratch);
 size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok);
 /* Scalar reference of kern_matmul (same arithmetic, one thread, allocates). */
 void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
-                     size_t n_out, size_t n_tok);
+                     size_t n_out, size_t n_tok, bool quant_act);
 
 /* Activation formats: the type X is quantised to for a weight type (KERN_TYPE_Q8_0,
  * KERN_ACT_Q8_1, or KERN_TYPE_F32 when X stays f32). */

@@ -47,7 +47,7 @@ static int parse_num(const char *name, const char *s, double lo, double hi, doub
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || isnan(v) || v < lo || v > hi) {
-        fprintf(stderr, "tokd generate: %s: '%s' is not a number in [%g, %g]\n", name, s, lo, hi);
+        fprintf(stderr, "tokd generate: --%s: '%s' is not a number in [%g, %g]\n", name, s, lo, hi);
         return -1;
     }
     *out = v;
@@ -67,7 +67,9 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:t:s:vh", longs, NULL)) != -1) {
-        const char *name = optind > 1 ? argv[optind - 1] : "?";
+        const char *name = "?";
+        for (const struct option *lo = longs; lo->name; lo++)
+            if (lo->val == c) name = lo->name; /* report the option as --name */
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'p': o->prompt = optarg; break;

@@ -81,7 +81,7 @@ size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
 
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
                  size_t n_in, size_t n_out, size_t n_tok, void *scratch) {
-    uint32_t act = kern_act_type(wtype);
+    uint32_t act = scratch ? kern_act_type(wtype) : KERN_TYPE_F32;
     matmul_job j = {wtype, act, W, kern_row_bytes(wtype, n_in), kern_act_row_bytes(act, n_in), X, NULL, Y,
                     n_in, n_out, n_tok};
     if (act != KERN_TYPE_F32) {
@@ -93,9 +93,9 @@ void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, fl
 }
 
 void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
-                     size_t n_out, size_t n_tok) {
+                     size_t n_out, size_t n_tok, bool quant_act) {
     size_t rb = kern_row_bytes(wtype, n_in);
-    uint32_t act = kern_act_type(wtype);
+    uint32_t act = quant_act ? kern_act_type(wtype) : KERN_TYPE_F32;
     size_t ab = kern_act_row_bytes(act, n_in);
     uint8_t *xq = act != KERN_TYPE_F32 ? malloc(ab) : NULL;
     for (size_t t = 0; t < n_tok; t++) {

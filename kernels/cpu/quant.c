@@ -36,6 +36,16 @@ typedef uint32_t u32x4 __attribute__((vector_size(16)));
 typedef int32_t i32x4 __attribute__((vector_size(16)));
 typedef float f32x4 __attribute__((vector_size(16)));
 
+/* Two-input shuffle with constant lane indices (indices >= lanes pick from b). */
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (__typeof__(a)){__VA_ARGS__})
+#endif
+/* Interleave the low (LO4) or high (HI4) four 16-bit lanes of a with those of b. */
+#define LO4(a, b) SHUF(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define HI4(a, b) SHUF(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+
 /* ---- scalar and vector helpers ---- */
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -98,24 +108,22 @@ static inline float hsum(f32x4 a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 static inline void widen_u8(u8x16 v, int bias, f32x4 f[4]) {
     const u8x16 z = {0};
     const u16x8 z16 = {0};
-    u16x8 lo = (u16x8)__builtin_shuffle(v, z, (u8x16){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
-    u16x8 hi = (u16x8)__builtin_shuffle(v, z, (u8x16){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
-    const u16x8 m0 = {0, 8, 1, 9, 2, 10, 3, 11}, m1 = {4, 12, 5, 13, 6, 14, 7, 15};
-    f[0] = __builtin_convertvector((i32x4)__builtin_shuffle(lo, z16, m0) - bias, f32x4);
-    f[1] = __builtin_convertvector((i32x4)__builtin_shuffle(lo, z16, m1) - bias, f32x4);
-    f[2] = __builtin_convertvector((i32x4)__builtin_shuffle(hi, z16, m0) - bias, f32x4);
-    f[3] = __builtin_convertvector((i32x4)__builtin_shuffle(hi, z16, m1) - bias, f32x4);
+    u16x8 lo = (u16x8)SHUF(v, z, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    u16x8 hi = (u16x8)SHUF(v, z, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    f[0] = __builtin_convertvector((i32x4)LO4(lo, z16) - bias, f32x4);
+    f[1] = __builtin_convertvector((i32x4)HI4(lo, z16) - bias, f32x4);
+    f[2] = __builtin_convertvector((i32x4)LO4(hi, z16) - bias, f32x4);
+    f[3] = __builtin_convertvector((i32x4)HI4(hi, z16) - bias, f32x4);
 }
 
 /* 16 signed bytes -> 4x4 floats, in order (interleave with itself, arithmetic shift). */
 static inline void widen_i8(i8x16 v, f32x4 f[4]) {
-    i16x8 lo = (i16x8)__builtin_shuffle(v, (u8x16){0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7}) >> 8;
-    i16x8 hi = (i16x8)__builtin_shuffle(v, (u8x16){8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15}) >> 8;
-    const u16x8 m0 = {0, 0, 1, 1, 2, 2, 3, 3}, m1 = {4, 4, 5, 5, 6, 6, 7, 7};
-    f[0] = __builtin_convertvector((i32x4)__builtin_shuffle(lo, m0) >> 16, f32x4);
-    f[1] = __builtin_convertvector((i32x4)__builtin_shuffle(lo, m1) >> 16, f32x4);
-    f[2] = __builtin_convertvector((i32x4)__builtin_shuffle(hi, m0) >> 16, f32x4);
-    f[3] = __builtin_convertvector((i32x4)__builtin_shuffle(hi, m1) >> 16, f32x4);
+    i16x8 lo = (i16x8)SHUF(v, v, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7) >> 8;
+    i16x8 hi = (i16x8)SHUF(v, v, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15) >> 8;
+    f[0] = __builtin_convertvector((i32x4)SHUF(lo, lo, 0, 0, 1, 1, 2, 2, 3, 3) >> 16, f32x4);
+    f[1] = __builtin_convertvector((i32x4)SHUF(lo, lo, 4, 4, 5, 5, 6, 6, 7, 7) >> 16, f32x4);
+    f[2] = __builtin_convertvector((i32x4)SHUF(hi, hi, 0, 0, 1, 1, 2, 2, 3, 3) >> 16, f32x4);
+    f[3] = __builtin_convertvector((i32x4)SHUF(hi, hi, 4, 4, 5, 5, 6, 6, 7, 7) >> 16, f32x4);
 }
 
 /* sum over 16 elements of w*x as 4 lanes, two independent chains */
@@ -195,11 +203,11 @@ static inline void widen_half(const uint8_t *p, int bf16, f32x4 f[2]) {
     u16x8 h, z = {0};
     memcpy(&h, p, 16);
     if (bf16) { /* bf16 bits become the high half of each 32-bit lane */
-        f[0] = (f32x4)__builtin_shuffle(z, h, (u16x8){0, 8, 1, 9, 2, 10, 3, 11});
-        f[1] = (f32x4)__builtin_shuffle(z, h, (u16x8){4, 12, 5, 13, 6, 14, 7, 15});
+        f[0] = (f32x4)LO4(z, h);
+        f[1] = (f32x4)HI4(z, h);
     } else {
-        f[0] = f16x4_to_f32((u32x4)__builtin_shuffle(h, z, (u16x8){0, 8, 1, 9, 2, 10, 3, 11}));
-        f[1] = f16x4_to_f32((u32x4)__builtin_shuffle(h, z, (u16x8){4, 12, 5, 13, 6, 14, 7, 15}));
+        f[0] = f16x4_to_f32((u32x4)LO4(h, z));
+        f[1] = f16x4_to_f32((u32x4)HI4(h, z));
     }
 }
 

@@ -36,6 +36,8 @@ typedef struct {
 static uint8_t *data_buf;
 static vec_record recs[MAX_RECORDS];
 static size_t n_recs;
+static void *copies[8 * MAX_RECORDS]; /* aligned copies of the arrays, freed on unload */
+static size_t n_copies;
 
 /* ---- data file ---- */
 
@@ -57,20 +59,16 @@ static uint8_t *read_file(const char *path, size_t *len) {
     return buf;
 }
 
-/* Takes `bytes` from the cursor; NULL if the file is too short. The file's arrays are
- * 4- or 8-byte multiples after a 12-byte header and 48-byte record heads, so only the f64
- * dots can be misaligned: they are copied out by the users (memcpy via get_dot). */
-static const uint8_t *take(size_t *pos, size_t len, size_t bytes) {
-    if (bytes > len - *pos) return NULL;
-    const uint8_t *p = data_buf + *pos;
+/* Takes `bytes` from the cursor; NULL if the file is too short. Arrays follow odd-sized
+ * quantized rows in the file, so each is copied to (malloc-aligned) memory of its own. */
+static const void *take(size_t *pos, size_t len, size_t bytes) {
+    if (bytes > len - *pos || n_copies == sizeof copies / sizeof copies[0]) return NULL;
+    void *p = malloc(bytes ? bytes : 1);
+    ck_assert_ptr_nonnull(p);
+    memcpy(p, data_buf + *pos, bytes);
     *pos += bytes;
+    copies[n_copies++] = p;
     return p;
-}
-
-static double get_dot(const vec_record *r, size_t i) {
-    double d;
-    memcpy(&d, (const uint8_t *)r->dot + 8 * i, 8);
-    return d;
 }
 
 static int parse_record(size_t *pos, size_t len, vec_record *r) {
@@ -117,6 +115,7 @@ static void load_vectors(void) {
 }
 
 static void unload_vectors(void) {
+    while (n_copies) free(copies[--n_copies]);
     free(data_buf);
     data_buf = NULL;
     n_recs = 0;
@@ -231,7 +230,7 @@ START_TEST(test_dot_matches_f64) {
         size_t rb = kern_row_bytes(r->type, r->n);
         for (uint32_t i = 0; i < r->n_rows; i++) {
             const void *row = r->q + i * rb;
-            double want = get_dot(r, i);
+            double want = r->dot[i];
             double scale = sum_abs_prod(r->deq + (size_t)i * r->n, r->x, r->n) + 1e-30;
             double e_ref = fabs(kern_dot_ref(r->type, row, r->x, r->n) - want) / scale;
             double e = fabs(kern_dot(r->type, row, r->x, r->n) - want) / scale;

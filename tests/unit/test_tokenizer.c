@@ -513,7 +513,7 @@ END_TEST
 typedef enum { MK_OK, MK_NO_TOKENS, MK_MERGE_NO_SPACE, MK_BAD_MODEL, MK_TYPE_COUNT, MK_PRE } mk_kind;
 
 static void make_vocab(const char *path, mk_kind kind, const char *pre) {
-    static const char *const toks[] = {"<|endoftext|>", "a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "ab"};
+    static const char *const toks[] = {"<|endoftext|>", "a", "b", "ab", "\xc4\xa0", ("\xc4\xa0" "ab")};
     static const char *const merges[] = {"a b", "\xc4\xa0 ab", "bad"};
     int32_t types[] = {3, 1, 1, 1, 1, 1};
     gguf_writer *w = gguf_writer_new();

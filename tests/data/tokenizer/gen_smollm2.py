@@ -5,9 +5,8 @@ independent implementation (llama.cpp through llama-cpp-python, vocab only).
     python3 tests/data/tokenizer/gen_smollm2.py [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 The model path defaults to $TOKD_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf.
-If HF `tokenizers`/`transformers` are installed, the ids are cross-checked against
-transformers' tokenizer built from the same GGUF (special=True cases only when the text has
-no special tokens, since HF always parses added tokens).
+Needs `pip install llama-cpp-python` (made with 0.3.36). Each string is tokenized twice, with
+parse_special off and on, never adding BOS/EOS.
 
 Output format (one line per case, fields separated by one space, text hex-encoded UTF-8,
 "=" for the empty string):
