@@ -125,14 +125,14 @@ int sched_generate(eng_ctx *ctx, const eng_model *m, const sched_gen_request *rq
     if (!ts.stopped) {
         int n = tok_detok_flush(&dt, piece, sizeof piece);
         if (n > 0 && text_append(&ts, piece, (size_t)n)) goto oom;
-        ts.rq = rq;
         if (ts.len > ts.emitted && rq->on_text) rq->on_text(rq->ud, ts.text + ts.emitted, ts.len - ts.emitted);
     }
     res->decode_s = now_s() - t0;
     rc = 0;
     goto done;
 no_blocks:
-    snprintf(err, errlen, "KV cache has too few blocks (%d of %d tokens)", cp->n_blocks, cp->block_size);
+    snprintf(err, errlen, "KV cache too small: %d blocks of %d tokens for %d positions", cp->n_blocks,
+             cp->block_size, n_hist);
     rc = ENG_ERR_INVALID;
     goto done;
 engine_err:
