@@ -109,6 +109,19 @@ void eng_ctx_destroy(eng_ctx *c) {
 const eng_ctx_params *eng_ctx_params_get(const eng_ctx *c) { return &c->p; }
 const char *eng_ctx_last_error(const eng_ctx *c) { return c->last_error; }
 
+int eng_kv_copy_block(eng_ctx *c, int32_t src, int32_t dst) {
+    if (src < 0 || dst < 0 || src >= c->p.n_blocks || dst >= c->p.n_blocks) {
+        snprintf(c->last_error, sizeof c->last_error, "kv copy: block %d -> %d (pool has %d)", src, dst, c->p.n_blocks);
+        return ENG_ERR_INVALID;
+    }
+    size_t blk = (size_t)c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4); /* bytes per block */
+    for (uint32_t l = 0; l < c->m->hp.n_layer; l++) {
+        memcpy((char *)c->k_cache[l] + (size_t)dst * blk, (const char *)c->k_cache[l] + (size_t)src * blk, blk);
+        memcpy((char *)c->v_cache[l] + (size_t)dst * blk, (const char *)c->v_cache[l] + (size_t)src * blk, blk);
+    }
+    return 0;
+}
+
 __attribute__((format(printf, 2, 3))) static int bad_batch(eng_ctx *c, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -106,4 +106,8 @@ const eng_ctx_params *eng_ctx_params_get(const eng_ctx *c);
 int eng_forward(eng_ctx *c, const eng_batch *b, float *logits);
 const char *eng_ctx_last_error(const eng_ctx *c);
 
+/* Copies block src's K/V rows into block dst in every layer: copy-on-write of a partially
+ * filled block when a sequence forks (n > 1). 0, or ENG_ERR_INVALID for a bad block id. */
+int eng_kv_copy_block(eng_ctx *c, int32_t src, int32_t dst);
+
 #endif
