@@ -9,12 +9,12 @@ CC      ?= cc
 BUILD   ?= build
 SHARED  ?= $(abspath ../shared)
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
-PKGS    := libpcre2-8
+PKGS    := libpcre2-8 libmicrohttpd libuv libcjson
 OPT     ?= -O2
 CFLAGS_BASE := -std=c11 -g $(OPT) -Wall -Wextra -Werror -D_GNU_SOURCE -I. -pthread \
                $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS  ?=
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lpcre2-8) -lm -pthread
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lpcre2-8 -lmicrohttpd -luv -lcjson) -lm -pthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm) -lcjson
 
 LIB_DIRS := common config engine kernels/cpu scheduler server
@@ -24,7 +24,7 @@ TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_UTIL := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 TEST_BINS := $(TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps model run test unit integration asan clean
+.PHONY: all deps model run test unit integration asan unit_asan fuzz clean
 all: $(BUILD)/tokd
 
 deps:
@@ -73,9 +73,16 @@ unit_asan: $(TEST_BINS)
 	done; exit $$fail
 
 run: deps model all
-	$(BUILD)/tokd generate --model $(MODEL) --chat --prompt "What is the capital of France?"
+	$(BUILD)/tokd serve --model $(MODEL) --host 127.0.0.1 --port 8080
 
 clean:
 	rm -rf build build-asan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# libFuzzer targets (clang): build/fuzz/fuzz_gguf, build/fuzz/fuzz_tokenizer
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+fuzz: $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB_SRCS)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -g -O1 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_SRCS) $(LDLIBS)

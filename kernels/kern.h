@@ -74,8 +74,9 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
 /* ---- ops (f32 activations) ---- */
 /* Y[t][o] = sum_i W[o][i] * X[t][i]; W is n_out rows of `wtype`, each n_in wide.
  * X: (n_tok, n_in) f32, Y: (n_tok, n_out) f32. Parallel over output rows on the pool (p may be
- * NULL: runs on the calling thread). For n_tok > 1 each weight row is dequantised once into a
- * per-thread scratch row and reused for every token; n_in must be <= KERN_MATMUL_MAX_IN. */
+ * NULL: runs on the calling thread). For n_tok > 1 weight rows are decoded once per tile of 4
+ * rows into a per-thread stack buffer and reused for every token; n_in must be
+ * <= KERN_MATMUL_MAX_IN. */
 #define KERN_MATMUL_MAX_IN 65536
 /* Two arithmetics, chosen by act_scratch:
  *  - NULL: f32 activations against the dequantised weights (the exact product; default).
@@ -141,7 +142,9 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);
 
-/* One-time initialisation of lookup tables (f16 -> f32); idempotent and thread-safe. */
+/* One-time initialisation of lookup tables (f16 -> f32) and choice of the CPU kernel level
+ * (best of avx512 / avx2 / scalar, or TOKD_ISA=scalar|avx2|avx512; logged once). Idempotent
+ * and thread-safe; call it before the first op (the engine does, in eng_ctx_new). */
 void kern_init(void);
 
 /* ---- batched dot (kernels/cpu/quant.c) ---- */
@@ -151,5 +154,16 @@ void kern_init(void);
  * (loaders reject such types first), kern_quantize_row_ref returns -EINVAL instead. */
 void kern_dot_rows(uint32_t type, const void *rows, size_t row_stride_bytes, size_t n_rows,
                    const float *x, size_t n, float *out);
+
+/* ---- memory bandwidth (kernels/cpu/membw.c), for `tokd bench` ---- */
+/* Reads bytes/8 64-bit words of buf, each pool thread a contiguous slice (p may be NULL: the
+ * calling thread), and returns their sum. */
+uint64_t kern_membw_read(kern_pool *p, const void *buf, size_t bytes);
+/* Writes `value` to every byte, split across the pool like kern_membw_read, so that each page
+ * is first touched by the thread that will read it. */
+void kern_membw_touch(kern_pool *p, void *buf, size_t bytes, uint8_t value);
+/* Median read bandwidth in GB/s (1e9 bytes/s) over `runs` timed passes of kern_membw_read
+ * (after one warm-up pass). 0 for a NULL buffer, bytes < 8 or runs <= 0. */
+double kern_membw_measure(kern_pool *p, const void *buf, size_t bytes, int runs);
 
 #endif

@@ -4,5 +4,6 @@
 #define SERVER_CLI_H
 
 int cli_generate(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 
 #endif

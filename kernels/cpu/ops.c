@@ -1,7 +1,10 @@
 /* CPU ops on f32 activations: matmul over quantised weights (parallel on the pool), RMSNorm,
  * RoPE, SwiGLU, residual add, softmax, and attention over the paged KV cache.
- * These are the portable versions; a later pass adds ISA-specific ones chosen at start-up. */
+ * The portable versions live here and form kern__ops_scalar; kern_init switches kern__cur to
+ * the AVX2 or AVX-512 table (dispatch.c, simd_avx2.c, simd_avx512.c) and the public entry
+ * points below call through it. */
 #include "kernels/kern.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -13,21 +16,12 @@ static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
 
 static void init_tables(void) {
     for (uint32_t i = 0; i < 65536; i++) f16_table[i] = kern_f16_to_f32((uint16_t)i);
+    kern__dispatch_init();
 }
 
 void kern_init(void) { pthread_once(&f16_once, init_tables); }
 
 /* ---- matmul ---- */
-
-typedef struct {
-    uint32_t wtype, act;
-    const uint8_t *W;
-    size_t row_bytes, act_bytes;
-    const float *X;
-    const uint8_t *Xq; /* X quantised to `act` (NULL when act is F32) */
-    float *Y;
-    size_t n_in, n_out, n_tok;
-} matmul_job;
 
 static float dot_f32(const float *a, const float *b, size_t n) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
@@ -54,25 +48,39 @@ static void split_range(size_t n, int ith, int nth, size_t align, size_t *lo, si
     *hi = b * align < n ? b * align : n;
 }
 
-/* One arithmetic path for every batch size, so a sequence's logits do not depend on what else
- * is in the step: either integer block dots against quantised X, or (other weight types) the
- * row dequantised once and f32 dots with every token. */
-static void matmul_worker(void *ctx, int ith, int nth) {
-    const matmul_job *j = ctx;
-    size_t lo, hi;
-    split_range(j->n_out, ith, nth, 4, &lo, &hi);
-    if (j->Xq) {
-        for (size_t o = lo; o < hi; o++)
-            for (size_t t = 0; t < j->n_tok; t++)
-                j->Y[t * j->n_out + o] = kern_vec_dot_act(j->wtype, j->W + o * j->row_bytes, j->Xq + t * j->act_bytes, j->n_in);
-        return;
-    }
+/* Scalar rows [lo, hi): one arithmetic path for every batch size, so a sequence's logits do
+ * not depend on what else is in the step: either integer block dots against quantised X, or
+ * the row dequantised once and f32 dots with every token. */
+static void mm_act_scalar(const kern__mm *j, size_t lo, size_t hi) {
+    for (size_t o = lo; o < hi; o++)
+        for (size_t t = 0; t < j->n_tok; t++)
+            j->Y[t * j->n_out + o] = kern_vec_dot_act(j->wtype, j->W + o * j->row_bytes, j->Xq + t * j->act_bytes, j->n_in);
+}
+
+static void mm_f32_scalar(const kern__mm *j, size_t lo, size_t hi) {
     float row[KERN_MATMUL_MAX_IN];
     for (size_t o = lo; o < hi; o++) {
         kern_dequant_row(j->wtype, j->W + o * j->row_bytes, row, j->n_in);
         for (size_t t = 0; t < j->n_tok; t++)
             j->Y[t * j->n_out + o] = dot_f32(row, j->X + t * j->n_in, j->n_in);
     }
+}
+
+/* Rows are split in multiples of 4 (the SIMD row tile) so each thread's tiles stay whole. */
+static void matmul_worker(void *ctx, int ith, int nth) {
+    const kern__mm *j = ctx;
+    size_t lo, hi;
+    split_range(j->n_out, ith, nth, 4, &lo, &hi);
+    if (lo < hi) (j->Xq ? kern__cur->mm_act : kern__cur->mm_f32)(j, lo, hi);
+}
+
+/* Quantises tokens [lo, hi) of X into the scratch (j->Xq) */
+static void quant_act_worker(void *ctx, int ith, int nth) {
+    const kern__mm *j = ctx;
+    size_t lo, hi;
+    split_range(j->n_tok, ith, nth, 1, &lo, &hi);
+    for (size_t t = lo; t < hi; t++)
+        kern__cur->quant_act(j->act, j->X + t * j->n_in, (uint8_t *)j->Xq + t * j->act_bytes, j->n_in);
 }
 
 size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
@@ -82,12 +90,12 @@ size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
                  size_t n_in, size_t n_out, size_t n_tok, void *scratch) {
     uint32_t act = scratch ? kern_act_type(wtype) : KERN_TYPE_F32;
-    matmul_job j = {wtype, act, W, kern_row_bytes(wtype, n_in), kern_act_row_bytes(act, n_in), X, NULL, Y,
-                    n_in, n_out, n_tok};
+    kern__mm j = {wtype, act, W, kern_row_bytes(wtype, n_in), kern_act_row_bytes(act, n_in), X, NULL, Y,
+                  n_in, n_out, n_tok};
     if (act != KERN_TYPE_F32) {
-        for (size_t t = 0; t < n_tok; t++)
-            kern_quantize_act_row(act, X + t * n_in, (uint8_t *)scratch + t * j.act_bytes, n_in);
         j.Xq = scratch;
+        if (n_tok >= 4) kern_pool_run(p, quant_act_worker, &j); /* a job of its own: the pool has no barrier */
+        else quant_act_worker(&j, 0, 1);
     }
     kern_pool_run(p, matmul_worker, &j);
 }
@@ -110,7 +118,7 @@ void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, si
 
 /* ---- elementwise ---- */
 
-void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
+static void rmsnorm_scalar(float *out, const float *x, const float *w, size_t n, float eps) {
     double ss = 0;
     for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
@@ -130,11 +138,11 @@ void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_
     }
 }
 
-void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+static void swiglu_scalar(float *out, const float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-void kern_add(float *x, const float *y, size_t n) {
+static void add_scalar(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -182,46 +190,57 @@ static const void *kv_row(const kern_kv_view *kv, const void *base, size_t pos) 
     return (const uint8_t *)base + off * kv_elem_bytes(kv->kv_type);
 }
 
-static float dot_kv(const void *k, uint32_t t, const float *q, size_t n) {
-    if (t == KERN_TYPE_F32) return dot_f32(k, q, n);
-    const uint16_t *h = k;
-    float s = 0;
-    for (size_t i = 0; i < n; i++) s += f16_table[h[i]] * q[i];
-    return s;
+/* One head over an f16 cache (see kern__ops.attn_f16): scores, softmax, then the weights
+ * rounded to f16 (as llama.cpp's CPU path does) meet V; the sums stay f32. */
+static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, size_t kvh, size_t n_ctx,
+                            float scale, float *scratch) {
+    size_t hd = kv->head_dim;
+    for (size_t p = 0; p < n_ctx; p++) {
+        const uint16_t *k = (const uint16_t *)kv_row(kv, kv->k, p) + kvh * hd;
+        float s = 0;
+        for (size_t i = 0; i < hd; i++) s += f16_table[k[i]] * qr[i];
+        scratch[p] = s * scale;
+    }
+    kern_softmax(scratch, n_ctx);
+    memset(oh, 0, hd * sizeof(float));
+    for (size_t p = 0; p < n_ctx; p++) {
+        const uint16_t *v = (const uint16_t *)kv_row(kv, kv->v, p) + kvh * hd;
+        float a = f16_table[kern_f32_to_f16(scratch[p])];
+        for (size_t i = 0; i < hd; i++) oh[i] += a * f16_table[v[i]];
+    }
 }
 
-static void axpy_kv(float *out, float a, const void *v, uint32_t t, size_t n) {
-    if (t == KERN_TYPE_F32) {
-        const float *f = v;
-        for (size_t i = 0; i < n; i++) out[i] += a * f[i];
-        return;
+static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
+                     float *scratch) {
+    size_t hd = kv->head_dim;
+    for (size_t p = 0; p < n_ctx; p++) scratch[p] = dot_f32((const float *)kv_row(kv, kv->k, p) + kvh * hd, q, hd) * scale;
+    kern_softmax(scratch, n_ctx);
+    memset(oh, 0, hd * sizeof(float));
+    for (size_t p = 0; p < n_ctx; p++) {
+        const float *v = (const float *)kv_row(kv, kv->v, p) + kvh * hd;
+        for (size_t i = 0; i < hd; i++) oh[i] += scratch[p] * v[i];
     }
-    const uint16_t *h = v;
-    for (size_t i = 0; i < n; i++) out[i] += a * f16_table[h[i]];
 }
 
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch) {
     kern_init();
-    size_t hd = kv->head_dim, group = n_head / kv->n_kv_head, eb = kv_elem_bytes(kv->kv_type);
+    size_t hd = kv->head_dim, group = n_head / kv->n_kv_head;
     bool f16 = kv->kv_type == KERN_TYPE_F16;
     float qr[1024]; /* head_dim <= 1024 (checked at model load) */
     for (size_t h = h0; h < h1; h++) {
-        size_t kvh = h / group;
-        /* With an f16 cache, q and the attention weights are rounded to f16 before meeting K and
-         * V, as llama.cpp's CPU path does; the sums stay f32. */
+        /* With an f16 cache, q is rounded to f16 before meeting K, as llama.cpp's CPU path does */
         for (size_t i = 0; i < hd; i++) qr[i] = f16 ? f16_table[kern_f32_to_f16(q[h * hd + i])] : q[h * hd + i];
-        for (size_t p = 0; p < n_ctx; p++) {
-            const void *k = (const uint8_t *)kv_row(kv, kv->k, p) + kvh * hd * eb;
-            scratch[p] = dot_kv(k, kv->kv_type, qr, hd) * scale;
-        }
-        kern_softmax(scratch, n_ctx);
-        float *oh = out + h * hd;
-        memset(oh, 0, hd * sizeof(float));
-        for (size_t p = 0; p < n_ctx; p++) {
-            const void *v = (const uint8_t *)kv_row(kv, kv->v, p) + kvh * hd * eb;
-            float a = f16 ? f16_table[kern_f32_to_f16(scratch[p])] : scratch[p];
-            axpy_kv(oh, a, v, kv->kv_type, hd);
-        }
+        if (f16) kern__cur->attn_f16(out + h * hd, qr, kv, h / group, n_ctx, scale, scratch);
+        else attn_f32(out + h * hd, qr, kv, h / group, n_ctx, scale, scratch);
     }
 }
+
+/* ---- dispatch ---- */
+
+const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, kern_quantize_act_row, attn_f16_scalar,
+                                    rmsnorm_scalar, swiglu_scalar, add_scalar};
+
+void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }
+void kern_add(float *x, const float *y, size_t n) { kern__cur->add(x, y, n); }

@@ -7,8 +7,8 @@
  * multiply in one pass, no per-element branches) with 4+ independent vector partial sums,
  * and block scales are applied once per block (or sub-block) to those partial sums rather
  * than per element. Bytes are widened with interleave shuffles (punpck* on x86), f16 scales
- * are converted inline without branches. A later issue adds AVX2/AVX-512 versions chosen at
- * start-up behind the same entry points.
+ * are converted inline without branches. These serve single rows (embeddings, tests); the
+ * matmul has its own AVX2/AVX-512 decoders in simd_tmpl.h, chosen at start-up.
  *
  * Dequantization is bit-identical to kern_dequant_row_ref (the same float operations per
  * element); dots differ from kern_dot_ref only by summation order (tested in test_quant). */

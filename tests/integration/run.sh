@@ -39,5 +39,15 @@ rm -f "$tmp"
 err=$("$BIN" generate --model "$MODEL" --prompt x --temperature abc 2>&1 >/dev/null); rc=$?
 check "bad flag value: usage error naming it" bash -c "[ $rc -eq 2 ] && grep -q temperature <<<\"\$0\"" "$err"
 
+# tokd serve: the official openai client, then raw HTTP (tests/integration/test_*.py)
+here=$(cd "$(dirname "$0")" && pwd)
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet -r "$here/requirements.txt" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages -r "$here/requirements.txt"
+for t in test_openai test_http; do
+    check "serve: $t.py" env TOKD_BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")" \
+        TOKD_MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")" \
+        bash -c "cd '$here' && timeout 900 python3 -m unittest -v $t"
+done
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,0 +1,578 @@
+/* simd_tmpl.h: the SIMD kernels, written once and compiled twice: by simd_avx2.c with 8-lane
+ * vectors (VL 8, __m256, TMAX 3) and by simd_avx512.c with 16-lane vectors (VL 16, __m512,
+ * TMAX 6). The includer defines VF, VL, TMAX, MK_CASES, the vector ops (vzero, vload, vstore,
+ * vset1, vfma, vfms, vadd, vsub, vmul, vdiv, vmin, vmax, vand, vround, vpow2i), the fixed
+ * reduction trees vhsum / vhmax, converters (vcvt_u8, vcvt_i8, vload_h, vload_bf16, vround_h)
+ * and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
+ * VNNI). Everything here is static; the includer exports one kern__ops table (at the end).
+ *
+ * f32-activation matmul. Per output (row o, token t) the arithmetic is always:
+ *   acc = 0; for each VL-wide step k of the row: acc = fma(w[k], x[k], acc); y = vhsum(acc)
+ * where w is the row decoded by dec_chunk (32 weights at a time, the same floats every time).
+ * The decode path (1 token) fuses decoding and FMAs for 4 rows at once; the prefill path
+ * decodes a tile of 4 rows into a stack buffer (L1-sized for these models) once and runs an
+ * R x T register micro-kernel over all tokens. Both follow the per-output sequence above, so
+ * results are bitwise independent of n_tok and of the thread split (kern_matmul splits rows in
+ * multiples of the 4-row tile). Rows whose length is not a multiple of 32 (plain types only)
+ * end with one zero-padded chunk, padded the same way on both paths. The sequence differs
+ * between ISA levels (lane count), which is fine: the level is fixed for a process. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_internal.h"
+
+#define CH 32          /* weights per decoded chunk */
+#define NV (CH / VL)   /* vectors per chunk */
+#define MAX_PAD 65536  /* the prefill tile buffer: 4 rows of up to 16384 or 1 row of 65536 */
+
+static inline float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 32 bytes (a: elements 0..15, b: 16..31) as NV vectors of floats, unsigned or signed. */
+static inline __attribute__((always_inline)) void cvt32(__m128i a, __m128i b, int sgn, VF f[NV]) {
+#if VL == 8
+    __m128i a8 = _mm_srli_si128(a, 8), b8 = _mm_srli_si128(b, 8);
+    f[0] = sgn ? vcvt_i8(a) : vcvt_u8(a);
+    f[1] = sgn ? vcvt_i8(a8) : vcvt_u8(a8);
+    f[2] = sgn ? vcvt_i8(b) : vcvt_u8(b);
+    f[3] = sgn ? vcvt_i8(b8) : vcvt_u8(b8);
+#else
+    f[0] = sgn ? vcvt_i8(a) : vcvt_u8(a);
+    f[1] = sgn ? vcvt_i8(b) : vcvt_u8(b);
+#endif
+}
+
+static inline __m128i ld128(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* 6-bit scale and min of sub-block j of a Q4_K/Q5_K block (ggml get_scale_min_k4). */
+static inline void k4_scale_min(int j, const uint8_t *s, float *sc, float *m) {
+    if (j < 4) {
+        *sc = (float)(s[j] & 63), *m = (float)(s[j + 4] & 63);
+    } else {
+        *sc = (float)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+        *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+/* Weights 32c..32c+31 of a row of `type` as NV vectors (only whole chunks; see dec_tail).
+ * Always inlined with a constant type, so each caller gets one straight-line decoder. */
+static inline __attribute__((always_inline)) void dec_chunk(uint32_t type, const uint8_t *row, size_t c, VF w[NV]) {
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    switch (type) {
+    case KERN_TYPE_F32:
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vload((const float *)row + CH * c + VL * k);
+        break;
+    case KERN_TYPE_F16:
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vload_h((const uint16_t *)row + CH * c + VL * k);
+        break;
+    case KERN_TYPE_BF16:
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vload_bf16((const uint16_t *)row + CH * c + VL * k);
+        break;
+    case KERN_TYPE_Q8_0: { /* d * q */
+        const uint8_t *b = row + 34 * c;
+        const VF d = vset1(h2f(b));
+        cvt32(ld128(b + 2), ld128(b + 18), 1, w);
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vmul(w[k], d);
+        break;
+    }
+    case KERN_TYPE_Q4_0: { /* d * (q - 8); low nibbles are elements 0..15 */
+        const uint8_t *b = row + 18 * c;
+        const VF d = vset1(h2f(b));
+        __m128i q = ld128(b + 2), e = _mm_set1_epi8(8);
+        cvt32(_mm_sub_epi8(_mm_and_si128(q, m4), e), _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e), 1, w);
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vmul(w[k], d);
+        break;
+    }
+    case KERN_TYPE_Q4_1: { /* fma(q, d, m) */
+        const uint8_t *b = row + 20 * c;
+        const VF d = vset1(h2f(b)), m = vset1(h2f(b + 2));
+        __m128i q = ld128(b + 4);
+        cvt32(_mm_and_si128(q, m4), _mm_and_si128(_mm_srli_epi16(q, 4), m4), 0, w);
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vfma(w[k], d, m);
+        break;
+    }
+    case KERN_TYPE_Q4_K:
+    case KERN_TYPE_Q5_K: { /* sub-block j: q*(d*sc) - dmin*m, fused; q = nibble (+16 from qh bit j) */
+        const int five = type == KERN_TYPE_Q5_K, j = (int)(c % 8);
+        const uint8_t *b = row + (five ? 176 : 144) * (c / 8), *qh = b + 16, *qs = qh + (five ? 32 : 0);
+        float sc, mn;
+        k4_scale_min(j, b + 4, &sc, &mn);
+        __m128i a = ld128(qs + 32 * (j / 2)), bb = ld128(qs + 32 * (j / 2) + 16);
+        __m128i sh = _mm_cvtsi32_si128((j & 1) * 4);
+        a = _mm_and_si128(_mm_srl_epi16(a, sh), m4), bb = _mm_and_si128(_mm_srl_epi16(bb, sh), m4);
+        if (five) {
+            const __m128i bit = _mm_set1_epi8((char)(1u << j)), v16 = _mm_set1_epi8(16);
+            a = _mm_or_si128(a, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(ld128(qh), bit), bit), v16));
+            bb = _mm_or_si128(bb, _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(ld128(qh + 16), bit), bit), v16));
+        }
+        cvt32(a, bb, 0, w);
+        const VF d1 = vset1(h2f(b) * sc), m1 = vset1(h2f(b + 2) * mn);
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) w[k] = vfms(w[k], d1, m1);
+        break;
+    }
+    case KERN_TYPE_Q6_K: { /* elements 128h+32k+l: (ql nibble | 2 qh bits << 4) - 32, scale per 16 */
+        const uint8_t *b = row + 210 * (c / 8);
+        const int h = (int)(c % 8) / 4, k = (int)(c % 8) % 4;
+        const int8_t *scl = (const int8_t *)(b + 192);
+        const uint8_t *ql = b + 64 * h + 32 * (k & 1), *qh = b + 128 + 32 * h;
+        __m128i nsh = _mm_cvtsi32_si128(k >= 2 ? 4 : 0), hsh = _mm_cvtsi32_si128(2 * k);
+        const __m128i m3 = _mm_set1_epi8(3), e = _mm_set1_epi8(32);
+        __m128i a = _mm_or_si128(_mm_and_si128(_mm_srl_epi16(ld128(ql), nsh), m4),
+                                 _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(ld128(qh), hsh), m3), 4));
+        __m128i bb = _mm_or_si128(_mm_and_si128(_mm_srl_epi16(ld128(ql + 16), nsh), m4),
+                                  _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(ld128(qh + 16), hsh), m3), 4));
+        cvt32(_mm_sub_epi8(a, e), _mm_sub_epi8(bb, e), 1, w);
+        const float d = h2f(b + 208);
+        const VF s0 = vset1(d * (float)scl[8 * h + 2 * k]), s1 = vset1(d * (float)scl[8 * h + 2 * k + 1]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) w[v] = vmul(w[v], v < NV / 2 ? s0 : s1);
+        break;
+    }
+    default: __builtin_unreachable();
+    }
+}
+
+/* The last, partial chunk of a plain-type row (n % 32 != 0): its weights, zero-padded. */
+static void dec_tail(uint32_t type, const uint8_t *row, size_t n, float out[CH]) {
+    size_t c0 = n / CH * CH;
+    memset(out, 0, CH * sizeof(float));
+    for (size_t i = c0; i < n; i++) {
+        uint16_t h;
+        if (type == KERN_TYPE_F32) {
+            memcpy(&out[i - c0], row + 4 * i, 4);
+            continue;
+        }
+        memcpy(&h, row + 2 * i, 2);
+        out[i - c0] = type == KERN_TYPE_F16 ? _cvtsh_ss(h) : kern_bf16_to_f32(h);
+    }
+}
+
+/* x[c0..n) zero-padded to one chunk */
+static inline void x_tail(const float *x, size_t n, float out[CH]) {
+    size_t c0 = n / CH * CH;
+    memset(out, 0, CH * sizeof(float));
+    memcpy(out, x + c0, (n - c0) * sizeof(float));
+}
+
+/* ---- f32-activation matmul ---- */
+
+/* Decode (one token): rows [lo, hi) against x, 4 rows at a time, decoding straight into FMAs. */
+static inline __attribute__((always_inline)) void gemv_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const size_t n = j->n_in, nc = n / CH;
+    const float *x = j->X;
+    float xt[CH], wt[CH];
+    if (n % CH) x_tail(x, n, xt);
+    for (size_t o = lo; o < hi; o += 4) {
+        const int R = hi - o < 4 ? (int)(hi - o) : 4;
+        const uint8_t *row[4];
+        VF acc[4] = {vzero(), vzero(), vzero(), vzero()};
+        for (int r = 0; r < 4; r++) row[r] = j->W + (o + (r < R ? r : 0)) * j->row_bytes;
+        for (size_t c = 0; c < nc; c++) {
+            const float *xc = x + CH * c; /* x read from L1 by each FMA: no registers held */
+#pragma GCC unroll 4 /* unrolled, so the accumulators stay in registers */
+            for (int r = 0; r < 4; r++) { /* rows past R repeat row 0: harmless, not stored */
+                VF w[NV];
+                dec_chunk(type, row[r], c, w);
+#pragma GCC unroll 4
+                for (int k = 0; k < NV; k++) acc[r] = vfma(w[k], vload(xc + VL * k), acc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            if (n % CH) {
+                dec_tail(type, row[r], n, wt);
+#pragma GCC unroll 4
+                for (int k = 0; k < NV; k++) acc[r] = vfma(vload(wt + VL * k), vload(xt + VL * k), acc[r]);
+            }
+            j->Y[o + r] = vhsum(acc[r]);
+        }
+    }
+}
+
+/* Prefill micro-kernel: acc[r][t] += w_r . x_t over `len` floats (a multiple of VL), R rows of
+ * the decoded tile (stride ws) against T token rows; accumulators live in registers. */
+static inline __attribute__((always_inline)) void mk(int R, int T, VF *accm, const float *w, size_t ws,
+                                                     const float *const *x, size_t off, size_t len) {
+    VF acc[4][TMAX];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) acc[r][t] = accm[r * TMAX + t];
+    for (size_t i = 0; i < len; i += VL) {
+        VF xv[TMAX];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) xv[t] = vload(x[t] + off + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            VF wv = vload(w + r * ws + i);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) acc[r][t] = vfma(wv, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) accm[r * TMAX + t] = acc[r][t];
+}
+
+/* mk with R in {1, 4} and T in 1..TMAX as compile-time constants */
+static void mk_any(int R, int T, VF *accm, const float *w, size_t ws, const float *const *x, size_t off, size_t len) {
+#define MK_CASE(t)                                                        \
+    case t:                                                               \
+        if (R == 4) mk(4, t, accm, w, ws, x, off, len);                   \
+        else for (int r = 0; r < R; r++) mk(1, t, accm + r * TMAX, w + r * ws, ws, x, off, len); \
+        break;
+    switch (T) {
+    MK_CASES
+    default: __builtin_unreachable();
+    }
+#undef MK_CASE
+}
+
+/* Prefill: rows [lo, hi) in tiles of 4 (1 when rows are too long for the tile buffer): decode the
+ * tile once, then sweep every token through the micro-kernel in groups of TMAX. */
+static void gemm_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi, float *wt) {
+    const size_t n = j->n_in, nc = n / CH, nfull = nc * CH, npad = (n + CH - 1) / CH * CH;
+    const int RT = npad * 4 <= MAX_PAD ? 4 : 1;
+    for (size_t o = lo; o < hi; o += (size_t)RT) {
+        const int R = hi - o < (size_t)RT ? (int)(hi - o) : RT;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *row = j->W + (o + r) * j->row_bytes;
+            for (size_t c = 0; c < nc; c++) {
+                VF w[NV];
+                dec_chunk(type, row, c, w);
+#pragma GCC unroll 4
+                for (int k = 0; k < NV; k++) vstore(wt + r * npad + CH * c + VL * k, w[k]);
+            }
+            if (n % CH) dec_tail(type, row, n, wt + r * npad + nfull);
+        }
+        for (size_t t0 = 0; t0 < j->n_tok; t0 += TMAX) {
+            const int T = j->n_tok - t0 < TMAX ? (int)(j->n_tok - t0) : TMAX;
+            const float *xp[TMAX];
+            VF accm[4 * TMAX];
+            for (int i = 0; i < 4 * TMAX; i++) accm[i] = vzero();
+            for (int t = 0; t < T; t++) xp[t] = j->X + (t0 + t) * n;
+            mk_any(R, T, accm, wt, npad, xp, 0, nfull);
+            if (n % CH) {
+                float xt[TMAX][CH];
+                const float *xtp[TMAX];
+                for (int t = 0; t < T; t++) x_tail(xp[t], n, xt[t]), xtp[t] = xt[t];
+                mk_any(R, T, accm, wt + nfull, npad, xtp, 0, CH);
+            }
+            for (int r = 0; r < R; r++)
+                for (int t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o + r] = vhsum(accm[r * TMAX + t]);
+        }
+    }
+}
+
+#define MM_TYPES(X) X(F32) X(F16) X(BF16) X(Q8_0) X(Q4_0) X(Q4_1) X(Q4_K) X(Q5_K) X(Q6_K)
+#define MM_DEF(T)                                                                                      \
+    static void mm_##T(const kern__mm *j, size_t lo, size_t hi) {                                        \
+        float wt[MAX_PAD]; /* the decoded row tile (stack, like the scalar path's row) */            \
+        if (j->n_tok == 1) gemv_rows(KERN_TYPE_##T, j, lo, hi);                                          \
+        else gemm_rows(KERN_TYPE_##T, j, lo, hi, wt);                                                    \
+    }
+MM_TYPES(MM_DEF)
+
+static void mm_f32(const kern__mm *j, size_t lo, size_t hi) {
+    switch (j->wtype) {
+#define MM_CASE(T) case KERN_TYPE_##T: mm_##T(j, lo, hi); break;
+    MM_TYPES(MM_CASE)
+#undef MM_CASE
+    default: kern__ops_scalar.mm_f32(j, lo, hi);
+    }
+}
+
+/* ---- quantised-activation matmul ----
+ * Per block the integer sum is exact (IDOT32 on unpacked bytes, then an integer horizontal
+ * sum), and the float steps are those of kern_vec_dot_act in the same order, done for 4 tokens
+ * at once in the 4 lanes of an SSE vector (lane t is token t's own scalar chain), so the result
+ * is bitwise equal to the scalar reference. Tiles of 4 rows x 4 tokens unpack each weight block
+ * once for 4 tokens; the 4 integer sums come out of one hadd tree. Signed weights (Q8_0, and
+ * Q4_0 as q-8) use |w| and x*sign(w) because the byte dot multiplies unsigned by signed. */
+
+static inline int hsum_i32(__m256i p) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Integer sums of p0..p3 (8 int32 lanes each) as 4 lanes. */
+static inline __m128i hsum4_i32(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Weight block -> the unsigned operand u and (signed types) the signed weights ws. */
+static inline __attribute__((always_inline)) void unpack_w(uint32_t type, const uint8_t *b, __m256i *u, __m256i *ws) {
+    if (type == KERN_TYPE_Q8_0) {
+        *ws = _mm256_loadu_si256((const __m256i *)(b + 2));
+        *u = _mm256_abs_epi8(*ws);
+        return;
+    }
+    const __m128i m4 = _mm_set1_epi8(0x0f), q = ld128(b + (type == KERN_TYPE_Q4_1 ? 4 : 2));
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    if (type == KERN_TYPE_Q4_1) {
+        *u = v;
+        return;
+    }
+    *ws = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+    *u = _mm256_abs_epi8(*ws);
+}
+
+static inline __attribute__((always_inline)) void act_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
+    for (size_t o = lo; o < hi; o += 4) {
+        const int R = hi - o < 4 ? (int)(hi - o) : 4;
+        for (size_t t0 = 0; t0 < j->n_tok; t0 += 4) {
+            const int T = j->n_tok - t0 < 4 ? (int)(j->n_tok - t0) : 4;
+            const uint8_t *xr[4]; /* tokens past T repeat the last one: computed, not stored */
+            for (int t = 0; t < 4; t++) xr[t] = j->Xq + (t0 + (t < T ? t : T - 1)) * j->act_bytes;
+            __m128 sum[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+            for (size_t b = 0; b < nb; b++) {
+                const uint8_t *xb[4] = {xr[0] + b * xbb, xr[1] + b * xbb, xr[2] + b * xbb, xr[3] + b * xbb};
+                const __m128 dx = _mm_setr_ps(h2f(xb[0]), h2f(xb[1]), h2f(xb[2]), h2f(xb[3]));
+                const __m128 sx = q41 ? _mm_setr_ps(h2f(xb[0] + 2), h2f(xb[1] + 2), h2f(xb[2] + 2), h2f(xb[3] + 2))
+                                      : _mm_setzero_ps();
+                __m256i xq[4];
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) xq[t] = _mm256_loadu_si256((const __m256i *)(xb[t] + (q41 ? 4 : 2)));
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    if (r >= R) break;
+                    const uint8_t *wb = j->W + (o + r) * j->row_bytes + b * wbb;
+                    __m256i u, ws = _mm256_setzero_si256(), p[4];
+                    unpack_w(type, wb, &u, &ws);
+#pragma GCC unroll 4
+                    for (int t = 0; t < 4; t++) p[t] = IDOT32(u, q41 ? xq[t] : _mm256_sign_epi8(xq[t], ws));
+                    const __m128 s = _mm_cvtepi32_ps(hsum4_i32(p[0], p[1], p[2], p[3]));
+                    const __m128 dd = _mm_mul_ps(_mm_set1_ps(h2f(wb)), dx); /* dw * dx */
+                    if (q41) /* sum += (dw*dx)*s + mw*sx */
+                        sum[r] = _mm_add_ps(sum[r], _mm_add_ps(_mm_mul_ps(dd, s), _mm_mul_ps(_mm_set1_ps(h2f(wb + 2)), sx)));
+                    else /* sum += s * (dw*dx) */
+                        sum[r] = _mm_add_ps(sum[r], _mm_mul_ps(s, dd));
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                float v[4];
+                _mm_storeu_ps(v, sum[r]);
+                for (int t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o + r] = v[t];
+            }
+        }
+    }
+}
+
+/* One token (decode): the same float steps with the 4 lanes holding 4 rows instead of 4 tokens. */
+static inline __attribute__((always_inline)) void act_rows1(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
+    for (size_t o = lo; o < hi; o += 4) {
+        const int R = hi - o < 4 ? (int)(hi - o) : 4;
+        const uint8_t *wr[4]; /* rows past R repeat the last one: computed, not stored */
+        for (int r = 0; r < 4; r++) wr[r] = j->W + (o + (r < R ? r : R - 1)) * j->row_bytes;
+        __m128 sum = _mm_setzero_ps();
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *xb = j->Xq + b * xbb, *wb[4] = {wr[0] + b * wbb, wr[1] + b * wbb, wr[2] + b * wbb, wr[3] + b * wbb};
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + (q41 ? 4 : 2)));
+            __m256i p[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m256i u, ws = _mm256_setzero_si256();
+                unpack_w(type, wb[r], &u, &ws);
+                p[r] = IDOT32(u, q41 ? xq : _mm256_sign_epi8(xq, ws));
+            }
+            const __m128 s = _mm_cvtepi32_ps(hsum4_i32(p[0], p[1], p[2], p[3]));
+            const __m128 dd = _mm_mul_ps(_mm_setr_ps(h2f(wb[0]), h2f(wb[1]), h2f(wb[2]), h2f(wb[3])), _mm_set1_ps(h2f(xb)));
+            if (q41) {
+                const __m128 mw = _mm_setr_ps(h2f(wb[0] + 2), h2f(wb[1] + 2), h2f(wb[2] + 2), h2f(wb[3] + 2));
+                sum = _mm_add_ps(sum, _mm_add_ps(_mm_mul_ps(dd, s), _mm_mul_ps(mw, _mm_set1_ps(h2f(xb + 2)))));
+            } else {
+                sum = _mm_add_ps(sum, _mm_mul_ps(s, dd));
+            }
+        }
+        float v[4];
+        _mm_storeu_ps(v, sum);
+        for (int r = 0; r < R; r++) j->Y[o + r] = v[r];
+    }
+}
+
+#define ACT_DEF(T)                                                                     \
+    static void act_##T(const kern__mm *j, size_t lo, size_t hi) {                     \
+        if (j->n_tok == 1) act_rows1(KERN_TYPE_##T, j, lo, hi);                         \
+        else act_rows(KERN_TYPE_##T, j, lo, hi);                                        \
+    }
+ACT_DEF(Q8_0)
+ACT_DEF(Q4_0)
+ACT_DEF(Q4_1)
+
+static void mm_act(const kern__mm *j, size_t lo, size_t hi) {
+    switch (j->wtype) {
+    case KERN_TYPE_Q8_0: act_Q8_0(j, lo, hi); break;
+    case KERN_TYPE_Q4_0: act_Q4_0(j, lo, hi); break;
+    case KERN_TYPE_Q4_1: act_Q4_1(j, lo, hi); break;
+    default: kern__ops_scalar.mm_act(j, lo, hi);
+    }
+}
+
+/* Activation quantisation (kern_quantize_act_row, bitwise): amax by vector max (order-free),
+ * q = x*id rounded to nearest-even by the conversion, as nearbyintf does in the default mode;
+ * the integer sum is exact; scales go through the scalar f16 conversion. */
+static void quant_act(uint32_t act, const float *x, void *out, size_t n) {
+    uint8_t *o = out;
+    const size_t hdr = act == KERN_ACT_Q8_1 ? 4 : 2;
+    const VF absmask = vand_mask();
+    for (size_t b = 0; b < n / CH; b++, x += CH, o += hdr + CH) {
+        VF v[NV], m = vzero();
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; k++) v[k] = vload(x + VL * k), m = vmax(m, vand(v[k], absmask));
+        const float amax = vhmax(m), d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const VF idv = vset1(id);
+        int sum = 0;
+#if VL == 8
+        __m256i q[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(vmul(v[k], idv));
+        sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(o + hdr), p);
+#else
+        __m512i q0 = _mm512_cvtps_epi32(vmul(v[0], idv)), q1 = _mm512_cvtps_epi32(vmul(v[1], idv));
+        sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_storeu_si128((__m128i *)(o + hdr), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(o + hdr + 16), _mm512_cvtepi32_epi8(q1));
+#endif
+        uint16_t dh = kern_f32_to_f16(d);
+        memcpy(o, &dh, 2);
+        if (act == KERN_ACT_Q8_1) {
+            uint16_t sh = kern_f32_to_f16((float)sum * d);
+            memcpy(o + 2, &sh, 2);
+        }
+    }
+}
+
+/* expf on VL lanes: Cody-Waite reduction x = n ln2 + r, Cephes' degree-6 polynomial (about
+ * 2 ulp), 2^n through the exponent bits; inputs clamped to where 2^n stays normal. */
+static inline VF vexp(VF x) {
+    x = vmin(vmax(x, vset1(-87.3f)), vset1(88.3f));
+    VF n = vround(vmul(x, vset1(1.44269504088896341f)));
+    VF r = vfma(n, vset1(-0.693359375f), x);
+    r = vfma(n, vset1(2.12194440e-4f), r);
+    VF p = vset1(1.9875691500E-4f);
+    p = vfma(p, r, vset1(1.3981999507E-3f));
+    p = vfma(p, r, vset1(8.3334519073E-3f));
+    p = vfma(p, r, vset1(4.1665795894E-2f));
+    p = vfma(p, r, vset1(1.6666665459E-1f));
+    p = vfma(p, r, vset1(5.0000001201E-1f));
+    p = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+    return vmul(p, vpow2i(n));
+}
+
+/* ---- attention over an f16 KV cache (one head; see kern__ops.attn_f16) ----
+ * Slots of one KV block are contiguous (stride n_kv_head*head_dim), so positions are walked a
+ * block at a time. Scores: F16C-widened K times q (already f16-rounded) with VL-wide FMAs.
+ * Softmax: vexp, f32 sum, then each weight rounded to f16 through F16C (bitwise the scalar
+ * kern_f32_to_f16 rounding for finite values). V: out accumulated in registers, 4 vectors of
+ * head_dim at a time, over every position. */
+
+static void softmax_f16w(float *x, size_t n) {
+    VF m = vset1(-INFINITY);
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
+    float mx = vhmax(m);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    VF sv = vzero(), mv = vset1(mx);
+    for (i = 0; i + VL <= n; i += VL) {
+        VF e = vexp(vsub(vload(x + i), mv));
+        vstore(x + i, e);
+        sv = vadd(sv, e);
+    }
+    double sum = vhsum(sv);
+    for (; i < n; i++) sum += x[i] = expf(x[i] - mx);
+    const float inv = (float)(1.0 / sum);
+    const VF iv = vset1(inv);
+    for (i = 0; i + VL <= n; i += VL) vstore(x + i, vround_h(vmul(vload(x + i), iv)));
+    for (; i < n; i++) x[i] = _cvtsh_ss(kern_f32_to_f16(x[i] * inv));
+}
+
+static void attn_f16(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
+                     float *sc) {
+    const size_t hd = kv->head_dim, row = kv->n_kv_head * hd, bs = kv->block_size;
+    if (hd % VL || hd > 1024) {
+        kern__ops_scalar.attn_f16(oh, q, kv, kvh, n_ctx, scale, sc);
+        return;
+    }
+    const uint16_t *K = (const uint16_t *)kv->k + kvh * hd, *V = (const uint16_t *)kv->v + kvh * hd;
+    for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
+        const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+        const uint16_t *kb = K + (size_t)kv->block_table[p0 / bs] * bs * row;
+        for (size_t i = 0; i < n; i++) {
+            VF acc = vzero();
+            for (size_t d = 0; d < hd; d += VL) acc = vfma(vload_h(kb + i * row + d), vload(q + d), acc);
+            sc[p0 + i] = vhsum(acc) * scale;
+        }
+    }
+    softmax_f16w(sc, n_ctx);
+    for (size_t d0 = 0; d0 < hd; d0 += 4 * VL) {
+        const int nv = hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4;
+        VF acc[4] = {vzero(), vzero(), vzero(), vzero()};
+        for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
+            const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+            const uint16_t *vb = V + (size_t)kv->block_table[p0 / bs] * bs * row + d0;
+            for (size_t i = 0; i < n; i++) {
+                const VF a = vset1(sc[p0 + i]);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    if (k < nv) acc[k] = vfma(a, vload_h(vb + i * row + VL * k), acc[k]);
+            }
+        }
+        for (int k = 0; k < nv; k++) vstore(oh + d0 + VL * k, acc[k]);
+    }
+}
+
+/* ---- elementwise ---- */
+
+static void add(float *x, const float *y, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore(x + i, vadd(vload(x + i), vload(y + i)));
+    for (; i < n; i++) x[i] += y[i];
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) {
+    VF a0 = vzero(), a1 = vzero();
+    size_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        VF x0 = vload(x + i), x1 = vload(x + i + VL);
+        a0 = vfma(x0, x0, a0), a1 = vfma(x1, x1, a1);
+    }
+    double ss = vhsum(vadd(a0, a1));
+    for (; i < n; i++) ss += (double)x[i] * x[i];
+    const float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    const VF sv = vset1(scale);
+    for (i = 0; i + VL <= n; i += VL) vstore(out + i, vmul(vmul(vload(x + i), sv), vload(w + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+static void swiglu(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        VF g = vload(gate + i);
+        VF e = vexp(vsub(vzero(), g));
+        vstore(out + i, vmul(vdiv(g, vadd(vset1(1.0f), e)), vload(up + i)));
+    }
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, quant_act, attn_f16, rmsnorm, swiglu, add}
