@@ -86,16 +86,18 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Keeps the sums observable so the compiler cannot drop the reads. */
+volatile uint64_t kern__membw_sink;
+
 double kern_membw_measure(kern_pool *p, const void *buf, size_t bytes, int runs) {
     enum { MAX_RUNS = 64 };
     double gbs[MAX_RUNS];
-    static volatile uint64_t sink; /* keeps the sums observable */
     if (!buf || bytes < 8 || runs <= 0) return 0;
     if (runs > MAX_RUNS) runs = MAX_RUNS;
-    sink += kern_membw_read(p, buf, bytes); /* warm-up: wakes the pool, maps TLB entries */
+    kern__membw_sink += kern_membw_read(p, buf, bytes); /* warm-up: wakes the pool, maps TLB entries */
     for (int r = 0; r < runs; r++) {
         double t0 = now_s();
-        sink += kern_membw_read(p, buf, bytes);
+        kern__membw_sink += kern_membw_read(p, buf, bytes);
         double dt = now_s() - t0;
         gbs[r] = dt > 0 ? (double)(bytes / 8 * 8) / dt * 1e-9 : 0;
     }
