@@ -59,6 +59,7 @@ integration: $(BUILD)/tokd
 	  tests/integration/run.sh
 
 test: deps model
+	@test -d $(SHARED)/testdata || { echo "make test: shared test data not found at $(SHARED) (set SHARED=/path/to/shared)"; exit 1; }
 	$(MAKE) unit
 	$(MAKE) integration
 
