@@ -19,7 +19,7 @@
 
 typedef struct {
     const char *model, *prompt, *system, *tmpl_name;
-    bool chat, verbose, ignore_eos;
+    bool chat, verbose, ignore_eos, quant_act;
     int32_t max_tokens, threads, ctx_size;
     eng_sampling_params sp;
     const char *stops[MAX_STOPS];
@@ -39,6 +39,7 @@ static void gen_usage(FILE *f) {
             "  --frequency-penalty F  --seed S  --stop TEXT (repeatable)  --ignore-eos\n"
             "  --threads N          compute threads (default: all CPUs)\n"
             "  --ctx-size N         context length (default: min(model's, 4096))\n"
+            "  --quant-act          8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp (faster; default: f32)\n"
             "  --verbose            timing and model info on stderr\n");
 }
 
@@ -61,7 +62,7 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
         {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'},       {"top-p", 1, 0, 'P'},
         {"min-p", 1, 0, 'M'},       {"repeat-penalty", 1, 0, 'r'}, {"presence-penalty", 1, 0, 'e'},
         {"frequency-penalty", 1, 0, 'f'}, {"seed", 1, 0, 's'},  {"stop", 1, 0, 'x'},
-        {"ignore-eos", 0, 0, 'i'},  {"threads", 1, 0, 'j'},     {"ctx-size", 1, 0, 'C'},
+        {"ignore-eos", 0, 0, 'i'},  {"threads", 1, 0, 'j'},     {"ctx-size", 1, 0, 'C'}, {"quant-act", 0, 0, 'Q'},
         {"verbose", 0, 0, 'v'},     {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
     double v;
     int c;
@@ -78,6 +79,7 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
         case 'T': o->tmpl_name = optarg; break;
         case 'i': o->ignore_eos = true; break;
         case 'v': o->verbose = true; break;
+        case 'Q': o->quant_act = true; break;
         case 'h': gen_usage(stdout); exit(0);
         case 'x':
             if (o->n_stops == MAX_STOPS) { fprintf(stderr, "tokd generate: at most %d --stop\n", MAX_STOPS); return -1; }
@@ -158,6 +160,7 @@ static int run(const gen_opts *o, const eng_model *m) {
     uint32_t n_ctx = eng_model_hparams(m)->n_ctx_train;
     cp.max_ctx = o->ctx_size ? o->ctx_size : (int32_t)(n_ctx < 4096 ? n_ctx : 4096);
     cp.n_threads = o->threads;
+    cp.quant_act = o->quant_act;
     cp.max_logits = 1;
     if (eng_ctx_new(m, &cp, &ctx, err, sizeof err)) {
         fprintf(stderr, "tokd generate: %s\n", err);
