@@ -69,6 +69,8 @@ static const cfg_key keys[] = {
     INT(kv_cache_mb, 1, MI, 512, "KV cache size in MiB, used when kv_blocks is 0"),
     INT(block_size, 1, 256, 16, "tokens per KV cache block"),
     STR(kv_type, 1, kv_types, "f16", "TYPE", "K/V element type (f32 is for debugging)"),
+    BOOL(quant_act, 0,
+         "8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp's CPU backend (faster decode; default: exact f32)"),
     /* scheduler */
     INT(max_seqs, 1, 4096, 64, "most sequences running in one step"),
     INT(max_batched_tokens, 1, MI, 512, "token budget of one step: decodes plus prompt chunks"),

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/tk_mem.h"
+#include "engine/forward_cuda.h"
 #include "engine/model_internal.h"
 
 struct eng_ctx {
@@ -27,14 +28,18 @@ struct eng_ctx {
     float *scores;        /* (n_threads, max_ctx) attention scratch */
     int32_t *tok_seq;     /* (T) owning sequence of each batch token */
     int32_t *tok_pos;     /* (T) position of each batch token */
+    float *rope_cs;       /* (T, n_rot) kern_rope_table of each batch token's position (all layers) */
     int32_t *logit_rows;  /* (max_logits) batch token index of each logits row */
     void *mm_scratch;     /* quantised activations for kern_matmul */
+    eng_cuda *cuda;       /* device = 1: weights, KV cache and activations on the GPU (forward_cuda.c);
+                             the host KV cache is then not allocated */
     char last_error[256];
 };
 
 void eng_ctx_params_default(eng_ctx_params *p) {
     *p = (eng_ctx_params){.max_tokens = 512, .max_logits = 0, .n_blocks = 0, .block_size = 16,
-                          .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0, .quant_act = false};
+                          .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0, .quant_act = false,
+                          .device = 0, .cuda_f32_gemm = false};
 }
 
 static int ctx_alloc(eng_ctx *c) {
@@ -44,7 +49,7 @@ static int ctx_alloc(eng_ctx *c) {
     size_t kv_bytes = (size_t)c->p.n_blocks * c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4);
     if (!(c->k_cache = tk_calloc(hp->n_layer, sizeof(void *))) || !(c->v_cache = tk_calloc(hp->n_layer, sizeof(void *))))
         return ENG_ERR_NOMEM;
-    for (uint32_t l = 0; l < hp->n_layer; l++)
+    for (uint32_t l = 0; l < hp->n_layer && c->p.device == 0; l++) /* the CUDA backend keeps its own on the device */
         if (!(c->k_cache[l] = tk_calloc(1, kv_bytes)) || !(c->v_cache[l] = tk_calloc(1, kv_bytes))) return ENG_ERR_NOMEM;
     if (!(c->x = tk_calloc(T * hp->n_embd, sizeof(float))) || !(c->xn = tk_calloc(T * wide, sizeof(float))) ||
         !(c->q = tk_calloc(T * q_dim, sizeof(float))) || !(c->k = tk_calloc(T * c->kv_row, sizeof(float))) ||
@@ -53,6 +58,7 @@ static int ctx_alloc(eng_ctx *c) {
         !(c->tmp = tk_calloc(T * hp->n_embd, sizeof(float))) ||
         !(c->scores = tk_calloc((size_t)kern_pool_size(c->pool) * c->p.max_ctx, sizeof(float))) ||
         !(c->tok_seq = tk_calloc(T, sizeof(int32_t))) || !(c->tok_pos = tk_calloc(T, sizeof(int32_t))) ||
+        !(c->rope_cs = tk_calloc(T * (hp->n_rot ? hp->n_rot : 1), sizeof(float))) ||
         !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
         return ENG_ERR_NOMEM;
     size_t max_in = hp->n_ff > wide ? hp->n_ff : wide;
@@ -78,11 +84,30 @@ int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char
                           c->p.max_tokens, c->p.block_size, c->p.kv_type);
         goto fail;
     }
+    if (c->p.device != 0 && c->p.device != 1) {
+        if (err) snprintf(err, errlen, "engine context: unknown device %d (0 cpu, 1 cuda)", c->p.device);
+        goto fail;
+    }
+#ifndef TOKD_CUDA
+    if (c->p.device == 1) {
+        if (err) snprintf(err, errlen, "engine context: tokd was built without CUDA (rebuild with make CUDA=1)");
+        rc = ENG_ERR_DEVICE;
+        goto fail;
+    }
+#endif
+    if (c->p.device == 1 && (c->p.quant_act || c->p.kv_type != KERN_TYPE_F16)) {
+        if (err) snprintf(err, errlen, "engine context: the CUDA backend takes f32 activations and an f16 KV cache");
+        goto fail;
+    }
     rc = ENG_ERR_NOMEM;
-    if (!(c->pool = kern_pool_new(c->p.n_threads)) || ctx_alloc(c) != 0) {
+    /* the CUDA backend needs no compute threads: a pool of one keeps the host side cheap */
+    if (!(c->pool = kern_pool_new(c->p.device == 1 ? 1 : c->p.n_threads)) || ctx_alloc(c) != 0) {
         if (err) snprintf(err, errlen, "engine context: out of memory");
         goto fail;
     }
+#ifdef TOKD_CUDA
+    if (c->p.device == 1 && (rc = eng__cuda_new(m, &c->p, &c->cuda, err, errlen)) != 0) goto fail;
+#endif
     *out = c;
     return 0;
 fail:
@@ -92,11 +117,14 @@ fail:
 
 void eng_ctx_destroy(eng_ctx *c) {
     if (!c) return;
+#ifdef TOKD_CUDA
+    eng__cuda_destroy(c->cuda);
+#endif
     for (uint32_t l = 0; c->k_cache && l < c->m->hp.n_layer; l++) tk_free(c->k_cache[l]);
     for (uint32_t l = 0; c->v_cache && l < c->m->hp.n_layer; l++) tk_free(c->v_cache[l]);
     tk_free(c->k_cache);
     tk_free(c->v_cache);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->attn, c->gate, c->up, c->tmp, c->scores};
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->attn, c->gate, c->up, c->tmp, c->scores, c->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) tk_free(bufs[i]);
     tk_free(c->tok_seq);
     tk_free(c->tok_pos);
@@ -114,6 +142,9 @@ int eng_kv_copy_block(eng_ctx *c, int32_t src, int32_t dst) {
         snprintf(c->last_error, sizeof c->last_error, "kv copy: block %d -> %d (pool has %d)", src, dst, c->p.n_blocks);
         return ENG_ERR_INVALID;
     }
+#ifdef TOKD_CUDA
+    if (c->cuda) return eng__cuda_kv_copy_block(c->cuda, src, dst, c->last_error, sizeof c->last_error);
+#endif
     size_t blk = (size_t)c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4); /* bytes per block */
     for (uint32_t l = 0; l < c->m->hp.n_layer; l++) {
         memcpy((char *)c->k_cache[l] + (size_t)dst * blk, (const char *)c->k_cache[l] + (size_t)src * blk, blk);
@@ -203,13 +234,14 @@ static void qk_rope_store(eng_ctx *c, const eng_layer *ly, const eng_batch *b, u
     bool neox = c->m->traits.rope_neox;
     for (int32_t t = 0; t < b->n_tokens; t++) {
         float *q = c->q + t * q_dim, *k = c->k + t * c->kv_row;
+        const float *cs = c->rope_cs + (size_t)t * hp->n_rot; /* this token's angles (eng_forward) */
         for (uint32_t h = 0; h < hp->n_head; h++) {
             if (ly->q_norm) kern_rmsnorm(q + h * hd, q + h * hd, ly->q_norm, hd, hp->rms_eps);
-            kern_rope(q + h * hd, hd, hp->n_rot, c->tok_pos[t], hp->rope_freq_base, neox);
+            kern_rope_apply(q + h * hd, cs, hp->n_rot, neox);
         }
         for (uint32_t h = 0; h < hp->n_head_kv; h++) {
             if (ly->k_norm) kern_rmsnorm(k + h * hd, k + h * hd, ly->k_norm, hd, hp->rms_eps);
-            kern_rope(k + h * hd, hd, hp->n_rot, c->tok_pos[t], hp->rope_freq_base, neox);
+            kern_rope_apply(k + h * hd, cs, hp->n_rot, neox);
         }
         kern_kv_store(c->k_cache[il], c->v_cache[il], c->p.kv_type, (size_t)c->p.block_size, hp->n_head_kv, hd,
                       b->seqs[c->tok_seq[t]].block_table, c->tok_pos[t], k, c->v + t * c->kv_row);
@@ -220,15 +252,27 @@ static void mm(eng_ctx *c, const eng_weight *w, const float *x, float *y, size_t
     kern_matmul(c->pool, w->type, w->data, x, y, (size_t)w->ne0, (size_t)w->ne1, T, c->mm_scratch);
 }
 
+/* Matmuls of one input x: one pool job (kern_matmul_multi) */
+static void mm2(eng_ctx *c, const eng_weight *w0, float *y0, const eng_weight *w1, float *y1, const float *x, size_t T) {
+    const kern_matmul_out o[2] = {{w0->type, w0->data, y0, (size_t)w0->ne1}, {w1->type, w1->data, y1, (size_t)w1->ne1}};
+    kern_matmul_multi(c->pool, o, 2, x, (size_t)w0->ne0, T, c->mm_scratch);
+}
+
+static void mm3(eng_ctx *c, const eng_weight *w0, float *y0, const eng_weight *w1, float *y1, const eng_weight *w2,
+                float *y2, const float *x, size_t T) {
+    const kern_matmul_out o[3] = {{w0->type, w0->data, y0, (size_t)w0->ne1},
+                                  {w1->type, w1->data, y1, (size_t)w1->ne1},
+                                  {w2->type, w2->data, y2, (size_t)w2->ne1}};
+    kern_matmul_multi(c->pool, o, 3, x, (size_t)w0->ne0, T, c->mm_scratch);
+}
+
 static void layer_forward(eng_ctx *c, const eng_batch *b, uint32_t il) {
     const eng_hparams *hp = &c->m->hp;
     const eng_layer *ly = &c->m->layers[il];
     size_t T = (size_t)b->n_tokens, E = hp->n_embd, q_dim = (size_t)hp->n_head * hp->head_dim;
     /* attention block */
     for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->attn_norm, E, hp->rms_eps);
-    mm(c, &ly->wq, c->xn, c->q, T);
-    mm(c, &ly->wk, c->xn, c->k, T);
-    mm(c, &ly->wv, c->xn, c->v, T);
+    mm3(c, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v, c->xn, T); /* one job for Q, K and V */
     add_bias(c->q, ly->bq, T, q_dim);
     add_bias(c->k, ly->bk, T, c->kv_row);
     add_bias(c->v, ly->bv, T, c->kv_row);
@@ -239,8 +283,7 @@ static void layer_forward(eng_ctx *c, const eng_batch *b, uint32_t il) {
     kern_add(c->x, c->tmp, T * E);
     /* feed-forward block (SwiGLU) */
     for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->ffn_norm, E, hp->rms_eps);
-    mm(c, &ly->w_gate, c->xn, c->gate, T);
-    mm(c, &ly->w_up, c->xn, c->up, T);
+    mm2(c, &ly->w_gate, c->gate, &ly->w_up, c->up, c->xn, T); /* one job for gate and up */
     kern_swiglu(c->gate, c->gate, c->up, T * hp->n_ff);
     mm(c, &ly->w_down, c->gate, c->tmp, T);
     kern_add(c->x, c->tmp, T * E);
@@ -251,10 +294,15 @@ int eng_forward(eng_ctx *c, const eng_batch *b, float *logits) {
     size_t E = m->hp.n_embd;
     int n_rows = batch_prepare(c, b);
     if (n_rows < 0) return n_rows;
+#ifdef TOKD_CUDA
+    if (c->cuda) return eng__cuda_forward(c->cuda, b, c->logit_rows, n_rows, logits, c->last_error, sizeof c->last_error);
+#endif
     for (int32_t t = 0; t < b->n_tokens; t++) /* token embeddings */
         kern_dequant_row(m->tok_embd.type,
                          (const uint8_t *)m->tok_embd.data + (size_t)b->tokens[t] * kern_row_bytes(m->tok_embd.type, E),
                          c->x + t * E, E);
+    for (int32_t t = 0; t < b->n_tokens; t++) /* RoPE angles: once per token, for every layer and head */
+        kern_rope_table(c->rope_cs + (size_t)t * m->hp.n_rot, m->hp.n_rot, c->tok_pos[t], m->hp.rope_freq_base);
     for (uint32_t il = 0; il < m->hp.n_layer; il++) layer_forward(c, b, il);
     if (n_rows == 0) return 0;
     for (int r = 0; r < n_rows; r++) /* final norm of the rows that want logits */

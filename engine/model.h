@@ -24,6 +24,7 @@ enum {
     ENG_ERR_FORMAT = -2, /* bad or unsupported model file */
     ENG_ERR_NOMEM = -3,
     ENG_ERR_INVALID = -7, /* bad argument (batch shape, token id, position beyond context) */
+    ENG_ERR_DEVICE = -8,  /* the GPU backend failed (CUDA error), or was asked for and not built */
 };
 
 typedef enum { ENG_ARCH_LLAMA = 0, ENG_ARCH_QWEN2, ENG_ARCH_QWEN3, ENG_ARCH_COUNT } eng_arch;
@@ -89,7 +90,11 @@ typedef struct {
     uint32_t kv_type;    /* KERN_TYPE_F16 (default) or KERN_TYPE_F32 */
     int n_threads;       /* 0: one per CPU */
     bool quant_act;      /* quantise activations as llama.cpp's CPU backend does (see kern_matmul);
-                            default false: exact f32 activations */
+                            default false: exact f32 activations (CPU only) */
+    int device;          /* backend: 0 cpu (default), 1 cuda (f16 KV cache only; an error when tokd was
+                            built without CUDA) */
+    bool cuda_f32_gemm;  /* cuda: prefill GEMMs in f32 (the CPU's arithmetic, slower) instead of
+                            f16/bf16 tensor cores with f32 accumulation */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

@@ -74,7 +74,8 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
 /* ---- ops (f32 activations) ---- */
 /* Y[t][o] = sum_i W[o][i] * X[t][i]; W is n_out rows of `wtype`, each n_in wide.
  * X: (n_tok, n_in) f32, Y: (n_tok, n_out) f32. Parallel over output rows on the pool (p may be
- * NULL: runs on the calling thread). For n_tok > 1 weight rows are decoded once per tile of 4
+ * NULL: runs on the calling thread), each thread one contiguous range of rows (decode streams
+ * W once, split between the threads). For n_tok > 1 weight rows are decoded once per tile of 4
  * rows into a per-thread stack buffer and reused for every token; n_in must be
  * <= KERN_MATMUL_MAX_IN. */
 #define KERN_MATMUL_MAX_IN 65536
@@ -89,6 +90,17 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
                  size_t n_in, size_t n_out, size_t n_tok, void *act_scratch);
 size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok);
+/* Several matmuls of the same X (e.g. Q, K and V, or gate and up) in one pool job: the same
+ * results as one kern_matmul per entry, with one fan-out instead of n and, with act_scratch, X
+ * quantised once (when every entry wants the same activation format; else one job each). */
+typedef struct {
+    uint32_t wtype;
+    const void *W; /* (n_out, n_in) of wtype */
+    float *Y;      /* (n_tok, n_out) */
+    size_t n_out;
+} kern_matmul_out;
+void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const float *X, size_t n_in, size_t n_tok,
+                       void *act_scratch);
 /* Scalar reference of kern_matmul (same arithmetic, one thread, allocates). */
 void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
                      size_t n_out, size_t n_tok, bool quant_act);
@@ -108,6 +120,10 @@ void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float ep
 /* RoPE in place on one head of size head_dim at position pos. Rotates the first n_rot dims.
  * neox=false: pairs (2i, 2i+1) (llama GGUF); neox=true: pairs (i, i + n_rot/2) (qwen). */
 void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_base, bool neox);
+/* kern_rope in two steps, for many heads (and layers) at one position: the table cs[2i], cs[2i+1]
+ * = cos, sin of pair i's angle (n_rot floats), then the rotation; the same results. */
+void kern_rope_table(float *cs, size_t n_rot, int32_t pos, float freq_base);
+void kern_rope_apply(float *x, const float *cs, size_t n_rot, bool neox);
 /* out[i] = silu(gate[i]) * up[i] */
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
 /* x[i] += y[i] */

@@ -21,6 +21,7 @@ typedef struct {
     const char *model, *prompt, *system, *tmpl_name;
     bool chat, verbose, ignore_eos, quant_act;
     int32_t max_tokens, threads, ctx_size;
+    int device; /* 0 cpu, 1 cuda */
     eng_sampling_params sp;
     const char *stops[MAX_STOPS];
     size_t n_stops;
@@ -40,6 +41,7 @@ static void gen_usage(FILE *f) {
             "  --threads N          compute threads (default: all CPUs)\n"
             "  --ctx-size N         context length (default: min(model's, 4096))\n"
             "  --quant-act          8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp (faster; default: f32)\n"
+            "  --device cpu|cuda    backend (default cpu; cuda needs a build with CUDA)\n"
             "  --verbose            timing and model info on stderr\n");
 }
 
@@ -63,6 +65,7 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
         {"min-p", 1, 0, 'M'},       {"repeat-penalty", 1, 0, 'r'}, {"presence-penalty", 1, 0, 'e'},
         {"frequency-penalty", 1, 0, 'f'}, {"seed", 1, 0, 's'},  {"stop", 1, 0, 'x'},
         {"ignore-eos", 0, 0, 'i'},  {"threads", 1, 0, 'j'},     {"ctx-size", 1, 0, 'C'}, {"quant-act", 0, 0, 'Q'},
+        {"device", 1, 0, 'D'},
         {"verbose", 0, 0, 'v'},     {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
     double v;
     int c;
@@ -80,6 +83,11 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
         case 'i': o->ignore_eos = true; break;
         case 'v': o->verbose = true; break;
         case 'Q': o->quant_act = true; break;
+        case 'D':
+            if (strcmp(optarg, "cpu") == 0) o->device = 0;
+            else if (strcmp(optarg, "cuda") == 0) o->device = 1;
+            else { fprintf(stderr, "tokd generate: --device: '%s' is not cpu or cuda\n", optarg); return -1; }
+            break;
         case 'h': gen_usage(stdout); exit(0);
         case 'x':
             if (o->n_stops == MAX_STOPS) { fprintf(stderr, "tokd generate: at most %d --stop\n", MAX_STOPS); return -1; }
@@ -161,6 +169,7 @@ static int run(const gen_opts *o, const eng_model *m) {
     cp.max_ctx = o->ctx_size ? o->ctx_size : (int32_t)(n_ctx < 4096 ? n_ctx : 4096);
     cp.n_threads = o->threads;
     cp.quant_act = o->quant_act;
+    cp.device = o->device;
     cp.max_logits = 1;
     if (eng_ctx_new(m, &cp, &ctx, err, sizeof err)) {
         fprintf(stderr, "tokd generate: %s\n", err);

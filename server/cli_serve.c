@@ -52,6 +52,7 @@ static void sched_params_from_cfg(const cfg_config *c, const eng_model *m, sched
     p->engine.block_size = c->block_size;
     p->engine.kv_type = strcmp(c->kv_type, "f32") == 0 ? KERN_TYPE_F32 : KERN_TYPE_F16;
     p->engine.n_threads = c->threads;
+    p->engine.quant_act = c->quant_act;
     uint32_t n_ctx = hp->n_ctx_train ? hp->n_ctx_train : 4096;
     p->engine.max_ctx = c->ctx_size ? c->ctx_size : (int32_t)(n_ctx < 4096 ? n_ctx : 4096);
     if (c->kv_blocks > 0) {
@@ -117,9 +118,9 @@ int cli_serve(int argc, char **argv) {
     } else {
         const eng_hparams *hp = eng_model_hparams(s.model);
         TK_INFO("tokd serve: model %s (%s, %s, %u layers), threads %d, KV %d blocks x %d tokens (%s), "
-                "context %d, template %s, listening on http://%s:%u", s.model_id, cfg.model,
+                "%s activations, context %d, template %s, listening on http://%s:%u", s.model_id, cfg.model,
                 eng_model_traits(s.model)->arch_name, hp->n_layer, cfg.threads, sp.engine.n_blocks,
-                sp.engine.block_size, cfg.kv_type, s.max_ctx, chat_tmpl_name(s.tmpl.kind), cfg.host, s.port);
+                sp.engine.block_size, cfg.kv_type, cfg.quant_act ? "8-bit" : "f32", s.max_ctx, chat_tmpl_name(s.tmpl.kind), cfg.host, s.port);
         uv_run(s.loop, UV_RUN_DEFAULT);
     }
     srv_http_stop(&s); /* completes every open request (aborting what is left) */

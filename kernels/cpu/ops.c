@@ -66,12 +66,26 @@ static void mm_f32_scalar(const kern__mm *j, size_t lo, size_t hi) {
     }
 }
 
-/* Rows are split in multiples of 4 (the SIMD row tile) so each thread's tiles stay whole. */
+/* Several matmuls over one X in one pool job: their output rows form one range that is split
+ * across the threads (each thread a contiguous slice, in multiples of 16, the largest SIMD row
+ * tile, so tiles stay whole), and each slice runs op by op. A row's result never depends on the
+ * split (kern__mm's invariant), so neither does anything here. */
+#define MM_MAX_OPS 4
+typedef struct {
+    kern__mm mm[MM_MAX_OPS];
+    int n;
+    size_t rows; /* sum of the n_out */
+} mm_job;
+
 static void matmul_worker(void *ctx, int ith, int nth) {
-    const kern__mm *j = ctx;
-    size_t lo, hi;
-    split_range(j->n_out, ith, nth, 4, &lo, &hi);
-    if (lo < hi) (j->Xq ? kern__cur->mm_act : kern__cur->mm_f32)(j, lo, hi);
+    const mm_job *j = ctx;
+    size_t lo, hi, base = 0;
+    split_range(j->rows, ith, nth, 16, &lo, &hi);
+    for (int i = 0; i < j->n && lo < hi; base += j->mm[i].n_out, i++) {
+        const kern__mm *m = &j->mm[i];
+        size_t a = lo > base ? lo - base : 0, b = hi - base < m->n_out ? hi - base : m->n_out;
+        if (hi > base && a < b) (m->Xq ? kern__cur->mm_act : kern__cur->mm_f32)(m, a, b);
+    }
 }
 
 /* Quantises tokens [lo, hi) of X into the scratch (j->Xq) */
@@ -87,17 +101,34 @@ size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
     return n_tok * kern_act_row_bytes(KERN_ACT_Q8_1, (n_in + KERN_QK - 1) / KERN_QK * KERN_QK);
 }
 
-void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
-                 size_t n_in, size_t n_out, size_t n_tok, void *scratch) {
-    uint32_t act = scratch ? kern_act_type(wtype) : KERN_TYPE_F32;
-    kern__mm j = {wtype, act, W, kern_row_bytes(wtype, n_in), kern_act_row_bytes(act, n_in), X, NULL, Y,
-                  n_in, n_out, n_tok};
-    if (act != KERN_TYPE_F32) {
-        j.Xq = scratch;
-        if (n_tok >= 4) kern_pool_run(p, quant_act_worker, &j); /* a job of its own: the pool has no barrier */
-        else quant_act_worker(&j, 0, 1);
+void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const float *X, size_t n_in, size_t n_tok,
+                       void *scratch) {
+    uint32_t act = scratch && n > 0 ? kern_act_type(outs[0].wtype) : KERN_TYPE_F32;
+    bool same = n <= MM_MAX_OPS;
+    for (int i = 1; i < n; i++) same = same && (scratch ? kern_act_type(outs[i].wtype) : KERN_TYPE_F32) == act;
+    if (!same) { /* activations of two formats (or too many ops): one job each */
+        for (int i = 0; i < n; i++)
+            kern_matmul(p, outs[i].wtype, outs[i].W, X, outs[i].Y, n_in, outs[i].n_out, n_tok, scratch);
+        return;
+    }
+    mm_job j = {.n = n};
+    for (int i = 0; i < n; i++) {
+        j.mm[i] = (kern__mm){outs[i].wtype, act, outs[i].W, kern_row_bytes(outs[i].wtype, n_in), kern_act_row_bytes(act, n_in),
+                             X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok};
+        j.rows += outs[i].n_out;
+    }
+    if (act != KERN_TYPE_F32) { /* X quantised once, for every op */
+        for (int i = 0; i < n; i++) j.mm[i].Xq = scratch;
+        if (n_tok >= 4) kern_pool_run(p, quant_act_worker, &j.mm[0]); /* a job of its own: the pool has no barrier */
+        else quant_act_worker(&j.mm[0], 0, 1);
     }
     kern_pool_run(p, matmul_worker, &j);
+}
+
+void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
+                 size_t n_in, size_t n_out, size_t n_tok, void *scratch) {
+    const kern_matmul_out o = {wtype, W, Y, n_out};
+    kern_matmul_multi(p, &o, 1, X, n_in, n_tok, scratch);
 }
 
 void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
@@ -125,17 +156,30 @@ static void rmsnorm_scalar(float *out, const float *x, const float *w, size_t n,
     for (size_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_base, bool neox) {
-    (void)head_dim;
+void kern_rope_table(float *cs, size_t n_rot, int32_t pos, float freq_base) {
+    for (size_t i = 0; i < n_rot / 2; i++) {
+        float theta = (float)pos * powf(freq_base, -2.0f * (float)i / (float)n_rot);
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
+    }
+}
+
+void kern_rope_apply(float *x, const float *cs, size_t n_rot, bool neox) {
     size_t half = n_rot / 2;
     for (size_t i = 0; i < half; i++) {
-        float theta = (float)pos * powf(freq_base, -2.0f * (float)i / (float)n_rot);
-        float c = cosf(theta), s = sinf(theta);
+        float c = cs[2 * i], s = cs[2 * i + 1];
         size_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         float x0 = x[a], x1 = x[b];
         x[a] = x0 * c - x1 * s;
         x[b] = x0 * s + x1 * c;
     }
+}
+
+void kern_rope(float *x, size_t head_dim, size_t n_rot, int32_t pos, float freq_base, bool neox) {
+    (void)head_dim;
+    float cs[1024]; /* n_rot <= head_dim <= 1024 (checked at model load) */
+    kern_rope_table(cs, n_rot, pos, freq_base);
+    kern_rope_apply(x, cs, n_rot, neox);
 }
 
 static void swiglu_scalar(float *out, const float *gate, const float *up, size_t n) {

@@ -21,6 +21,7 @@ struct kern_pool {
     void *ctx;
     atomic_uint generation; /* bumped per job; workers run when it changes */
     atomic_int pending;     /* workers still running the current job */
+    atomic_int sleeping;    /* workers in (or about to enter) pthread_cond_wait */
     atomic_bool stop;
 };
 
@@ -36,10 +37,14 @@ static unsigned wait_generation(kern_pool *p, unsigned seen) {
         unsigned g = atomic_load_explicit(&p->generation, memory_order_acquire);
         if (g != seen || atomic_load(&p->stop)) return g;
     }
+    /* sleeping is raised before generation is read again (both seq_cst), and kern_pool_run
+     * bumps generation before it reads sleeping: either we see the new job, or it sees us */
     pthread_mutex_lock(&p->mu);
+    atomic_fetch_add(&p->sleeping, 1);
     unsigned g;
     while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop))
         pthread_cond_wait(&p->cv, &p->mu);
+    atomic_fetch_sub(&p->sleeping, 1);
     pthread_mutex_unlock(&p->mu);
     return g;
 }
@@ -71,6 +76,7 @@ kern_pool *kern_pool_new(int n_threads) {
     pthread_cond_init(&p->cv, NULL);
     atomic_init(&p->generation, 0);
     atomic_init(&p->pending, 0);
+    atomic_init(&p->sleeping, 0);
     atomic_init(&p->stop, false);
     worker_arg *args = worker_args_of(p);
     for (int i = 1; i < n_threads; i++) {
@@ -110,10 +116,12 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
     p->fn = fn;
     p->ctx = ctx;
     atomic_store(&p->pending, p->n_threads - 1);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    atomic_fetch_add(&p->generation, 1);
+    if (atomic_load(&p->sleeping) > 0) { /* spinning workers need no wake-up (and no lock) */
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
     fn(ctx, 0, p->n_threads);
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
         /* spin: workers finish within microseconds of us on a balanced split */

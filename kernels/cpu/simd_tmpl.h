@@ -9,11 +9,12 @@
  * f32-activation matmul. Per output (row o, token t) the arithmetic is always:
  *   acc = 0; for each VL-wide step k of the row: acc = fma(w[k], x[k], acc); y = vhsum(acc)
  * where w is the row decoded by dec_chunk (32 weights at a time, the same floats every time).
- * The decode path (1 token) fuses decoding and FMAs for 4 rows at once; the prefill path
- * decodes a tile of 4 rows into a stack buffer (L1-sized for these models) once and runs an
- * R x T register micro-kernel over all tokens. Both follow the per-output sequence above, so
- * results are bitwise independent of n_tok and of the thread split (kern_matmul splits rows in
- * multiples of the 4-row tile). Rows whose length is not a multiple of 32 (plain types only)
+ * The decode path (1 token) fuses decoding and FMAs for 4 rows at once and prefetches the
+ * next tile (decode is a DRAM stream); the prefill path decodes a tile of 4 rows into a stack
+ * buffer (L1-sized for these models) once and runs an R x T register micro-kernel over all
+ * tokens. Both follow the per-output sequence above, so results are bitwise independent of
+ * n_tok and of the thread split (a thread's rows may end in a partial tile: rows are
+ * independent). Rows whose length is not a multiple of 32 (plain types only)
  * end with one zero-padded chunk, padded the same way on both paths. The sequence differs
  * between ISA levels (lane count), which is fine: the level is fixed for a process. */
 #include <immintrin.h>
@@ -60,7 +61,8 @@ static inline void k4_scale_min(int j, const uint8_t *s, float *sc, float *m) {
 
 /* Weights 32c..32c+31 of a row of `type` as NV vectors (only whole chunks; see dec_tail).
  * Always inlined with a constant type, so each caller gets one straight-line decoder. */
-static inline __attribute__((always_inline)) void dec_chunk(uint32_t type, const uint8_t *row, size_t c, VF w[NV]) {
+static inline __attribute__((always_inline)) void dec_chunk(uint32_t type, const uint8_t *row, size_t c, VF w[NV],
+                                                            const float *ks) {
     const __m128i m4 = _mm_set1_epi8(0x0f);
     switch (type) {
     case KERN_TYPE_F32:
@@ -86,6 +88,13 @@ static inline __attribute__((always_inline)) void dec_chunk(uint32_t type, const
     case KERN_TYPE_Q4_0: { /* d * (q - 8); low nibbles are elements 0..15 */
         const uint8_t *b = row + 18 * c;
         const VF d = vset1(h2f(b));
+#if VL == 16 /* the 16 values (k - 8) * d in a table, looked up by nibble (vpermps reads 4 index bits) */
+        const __m512 lut = vmul(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), d);
+        const __m128i q16 = ld128(b + 2);
+        w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(q16), lut);
+        w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(q16, 4)), lut);
+        break;
+#endif
         __m128i q = ld128(b + 2), e = _mm_set1_epi8(8);
         cvt32(_mm_sub_epi8(_mm_and_si128(q, m4), e), _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e), 1, w);
 #pragma GCC unroll 4
@@ -133,14 +142,24 @@ static inline __attribute__((always_inline)) void dec_chunk(uint32_t type, const
         __m128i bb = _mm_or_si128(_mm_and_si128(_mm_srl_epi16(ld128(ql + 16), nsh), m4),
                                   _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(ld128(qh + 16), hsh), m3), 4));
         cvt32(_mm_sub_epi8(a, e), _mm_sub_epi8(bb, e), 1, w);
-        const float d = h2f(b + 208);
-        const VF s0 = vset1(d * (float)scl[8 * h + 2 * k]), s1 = vset1(d * (float)scl[8 * h + 2 * k + 1]);
+        const float d = ks ? 0.0f : h2f(b + 208); /* ks: the 16 products below, taken once per block */
+        const VF s0 = vset1(ks ? ks[8 * h + 2 * k] : d * (float)scl[8 * h + 2 * k]),
+                 s1 = vset1(ks ? ks[8 * h + 2 * k + 1] : d * (float)scl[8 * h + 2 * k + 1]);
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) w[v] = vmul(w[v], v < NV / 2 ? s0 : s1);
         break;
     }
     default: __builtin_unreachable();
     }
+}
+
+/* The 16 scales of a Q6_K block times its d (the products dec_chunk makes), for a whole block. */
+static inline void q6k_scales(const uint8_t *b, float ks[16]) {
+    const VF d = vset1(h2f(b + 208));
+    VF s[NV];
+    cvt32(ld128(b + 192), _mm_setzero_si128(), 1, s); /* the first 16 values: the 16 scales */
+#pragma GCC unroll 2
+    for (int v = 0; v < 16 / VL; v++) vstore(ks + VL * v, vmul(s[v], d));
 }
 
 /* The last, partial chunk of a plain-type row (n % 32 != 0): its weights, zero-padded. */
@@ -165,25 +184,51 @@ static inline void x_tail(const float *x, size_t n, float out[CH]) {
     memcpy(out, x + c0, (n - c0) * sizeof(float));
 }
 
+/* Software prefetch of the next row tile while this one is computed: the tile's rows are one
+ * contiguous range of W, but read as R interleaved streams, which the hardware prefetchers
+ * follow too late (measured: compute and DRAM time added up). Issues n line prefetches from
+ * *pf, stopping at end (the end of this thread's rows). */
+static inline __attribute__((always_inline)) void pf_lines(const uint8_t **pf, const uint8_t *end, int n) {
+    for (int i = 0; i < n; i++, *pf += 64)
+        if (*pf < end) _mm_prefetch((const char *)*pf, _MM_HINT_T1);
+}
+
+/* Prefetch plan of one tile of rows [o, o + R) (of the thread's [o, hi)), run in `steps` steps:
+ * the tile's bytes, PF_AHEAD bytes (or one tile, if larger) further on, *n lines per step. */
+#define PF_AHEAD 8192
+static inline void pf_plan(const kern__mm *j, size_t o, size_t R, size_t hi, size_t steps, const uint8_t **pf,
+                           const uint8_t **end, int *n) {
+    const size_t tile = R * j->row_bytes, ahead = tile > PF_AHEAD ? tile : PF_AHEAD;
+    const uint8_t *stop = j->W + hi * j->row_bytes;
+    *pf = j->W + o * j->row_bytes + ahead;
+    *end = *pf + tile < stop ? *pf + tile : stop;
+    *n = (int)((tile / (steps ? steps : 1) + 63) / 64);
+}
+
 /* ---- f32-activation matmul ---- */
 
 /* Decode (one token): rows [lo, hi) against x, 4 rows at a time, decoding straight into FMAs. */
 static inline __attribute__((always_inline)) void gemv_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const size_t n = j->n_in, nc = n / CH;
     const float *x = j->X;
-    float xt[CH], wt[CH];
+    float xt[CH], wt[CH], ks[4][16]; /* ks: Q6_K scales of each row's current block */
     if (n % CH) x_tail(x, n, xt);
     for (size_t o = lo; o < hi; o += 4) {
         const int R = hi - o < 4 ? (int)(hi - o) : 4;
         const uint8_t *row[4];
         VF acc[4] = {vzero(), vzero(), vzero(), vzero()};
         for (int r = 0; r < 4; r++) row[r] = j->W + (o + (r < R ? r : 0)) * j->row_bytes;
+        const uint8_t *pf, *pf_end;
+        int npf;
+        pf_plan(j, o, 4, hi, nc, &pf, &pf_end, &npf);
         for (size_t c = 0; c < nc; c++) {
+            pf_lines(&pf, pf_end, npf);
             const float *xc = x + CH * c; /* x read from L1 by each FMA: no registers held */
 #pragma GCC unroll 4 /* unrolled, so the accumulators stay in registers */
             for (int r = 0; r < 4; r++) { /* rows past R repeat row 0: harmless, not stored */
                 VF w[NV];
-                dec_chunk(type, row[r], c, w);
+                if (type == KERN_TYPE_Q6_K && c % 8 == 0) q6k_scales(row[r] + 210 * (c / 8), ks[r]);
+                dec_chunk(type, row[r], c, w, type == KERN_TYPE_Q6_K ? ks[r] : NULL);
 #pragma GCC unroll 4
                 for (int k = 0; k < NV; k++) acc[r] = vfma(w[k], vload(xc + VL * k), acc[r]);
             }
@@ -250,7 +295,7 @@ static void gemm_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi, fl
             const uint8_t *row = j->W + (o + r) * j->row_bytes;
             for (size_t c = 0; c < nc; c++) {
                 VF w[NV];
-                dec_chunk(type, row, c, w);
+                dec_chunk(type, row, c, w, NULL);
 #pragma GCC unroll 4
                 for (int k = 0; k < NV; k++) vstore(wt + r * npad + CH * c + VL * k, w[k]);
             }
@@ -374,43 +419,255 @@ static inline __attribute__((always_inline)) void act_rows(uint32_t type, const 
     }
 }
 
-/* One token (decode): the same float steps with the 4 lanes holding 4 rows instead of 4 tokens. */
-static inline __attribute__((always_inline)) void act_rows1(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+/* One token (decode): 8 rows at a time share each activation block. Per block every row's
+ * integer sum is exact, reduced by a transpose-add tree that leaves row r's sum in lane r, and
+ * the float steps of kern_vec_dot_act run for the 8 rows in the 8 lanes of a ymm (lane r is row
+ * r's own scalar chain), so the result is bitwise the scalar reference's. The unsigned operand of
+ * the byte dot: Q4_0/Q4_1 nibbles as they are (Q4_0's -8 comes back as 8 * sum(x) per block);
+ * with VNNI, Q8_0 as w + 128 (the 128 * sum(x) comes back the same way), on AVX2 |w| against
+ * x * sign(w), since vpmaddubsw would saturate on w + 128. The per-block sums of x, its scale
+ * (and Q8_1's s) are taken once per call. Scales of the 8 rows come in with one gather. */
+#define GV_R 8
+#define GV_MAX_NB (KERN_MATMUL_MAX_IN / CH)
+
+/* 8 per-row dot vectors (8 int32 lanes each) -> lane r = sum of p[r] */
+static inline __attribute__((always_inline)) __m256i gv_reduce8(const __m256i p[8]) {
+    __m256i t[4], u[2];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        t[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * k], p[2 * k + 1]), _mm256_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        u[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * k], t[2 * k + 1]), _mm256_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[0], u[1], 0x31));
+}
+
+#if VL == 16
+/* rows r and r+4 of one block as the unsigned byte operand of a zmm vpdpbusd */
+static inline __attribute__((always_inline)) __m512i gv_w2(uint32_t type, const uint8_t *a, const uint8_t *b) {
+    if (type == KERN_TYPE_Q8_0) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))),
+                                       _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+    const int off = type == KERN_TYPE_Q4_1 ? 4 : 2;
+    __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld128(a + off)), 0xff00, ld128(b + off));
+    q = _mm512_mask_srli_epi16(q, 0xff00ff00u, q, 4); /* 128-bit lanes 1 and 3: high nibbles */
+    return _mm512_and_si512(q, _mm512_set1_epi8(0x0f));
+}
+#endif
+
+/* Row sums of one block for the 8 rows w[0..8) against the 32 activation bytes at xq. */
+static inline __attribute__((always_inline)) __m256i gv_block(uint32_t type, const uint8_t *const w[8], const uint8_t *xq) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+#if VL == 16
+    const __m512i xx = _mm512_broadcast_i64x4(x);
+    __m512i p[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), gv_w2(type, w[k], w[k + 4]), xx);
+    /* zmm k holds rows k (low half) and k+4: reduce pairs of 128-bit lanes, then halves */
+    __m256i h[8];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) h[k] = _mm512_castsi512_si256(p[k]), h[k + 4] = _mm512_extracti64x4_epi64(p[k], 1);
+    return gv_reduce8(h);
+#else
+    __m256i p[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) {
+        __m256i u, ws = _mm256_setzero_si256();
+        if (type == KERN_TYPE_Q8_0) {
+            unpack_w(type, w[r], &u, &ws);
+            p[r] = IDOT32(u, _mm256_sign_epi8(x, ws));
+        } else {
+            const __m256i q = _mm256_broadcastsi128_si256(ld128(w[r] + (type == KERN_TYPE_Q4_1 ? 4 : 2)));
+            u = _mm256_and_si256(_mm256_blend_epi32(q, _mm256_srli_epi16(q, 4), 0xf0), _mm256_set1_epi8(0x0f));
+            p[r] = IDOT32(u, x);
+        }
+    }
+    return gv_reduce8(p);
+#endif
+}
+
+static inline short ld16(const uint8_t *p) {
+    short h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
+static inline __attribute__((always_inline)) void act_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const int q41 = type == KERN_TYPE_Q4_1;
     const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
-    for (size_t o = lo; o < hi; o += 4) {
-        const int R = hi - o < 4 ? (int)(hi - o) : 4;
-        const uint8_t *wr[4]; /* rows past R repeat the last one: computed, not stored */
-        for (int r = 0; r < 4; r++) wr[r] = j->W + (o + (r < R ? r : R - 1)) * j->row_bytes;
-        __m128 sum = _mm_setzero_ps();
+    const size_t rb = j->row_bytes;
+    /* per block of x: its scale, Q8_1's s, and the correction k * sum(x) of the unsigned operand */
+    float dx[GV_MAX_NB], sx[GV_MAX_NB];
+    int32_t cx[GV_MAX_NB];
+#if VL == 16
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+#else
+    const int kc = type == KERN_TYPE_Q4_0 ? 8 : 0;
+#endif
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *xb = j->Xq + b * xbb;
+        dx[b] = h2f(xb);
+        sx[b] = q41 ? h2f(xb + 2) : 0.0f;
+        cx[b] = kc ? kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + (q41 ? 4 : 2))))) : 0;
+    }
+    for (size_t o = lo; o < hi; o += GV_R) {
+        const int R = hi - o < GV_R ? (int)(hi - o) : GV_R;
+        const uint8_t *w[GV_R]; /* rows past R repeat the last one: computed, not stored */
+        for (int r = 0; r < GV_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb;
+        const uint8_t *pf, *pf_end;
+        int npf;
+        pf_plan(j, o, GV_R, hi, nb, &pf, &pf_end, &npf);
+        __m256 sum = _mm256_setzero_ps();
         for (size_t b = 0; b < nb; b++) {
-            const uint8_t *xb = j->Xq + b * xbb, *wb[4] = {wr[0] + b * wbb, wr[1] + b * wbb, wr[2] + b * wbb, wr[3] + b * wbb};
-            const __m256i xq = _mm256_loadu_si256((const __m256i *)(xb + (q41 ? 4 : 2)));
-            __m256i p[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
-                __m256i u, ws = _mm256_setzero_si256();
-                unpack_w(type, wb[r], &u, &ws);
-                p[r] = IDOT32(u, q41 ? xq : _mm256_sign_epi8(xq, ws));
-            }
-            const __m128 s = _mm_cvtepi32_ps(hsum4_i32(p[0], p[1], p[2], p[3]));
-            const __m128 dd = _mm_mul_ps(_mm_setr_ps(h2f(wb[0]), h2f(wb[1]), h2f(wb[2]), h2f(wb[3])), _mm_set1_ps(h2f(xb)));
+            pf_lines(&pf, pf_end, npf);
+            const uint8_t *xb = j->Xq + b * xbb;
+            __m256i s = gv_block(type, w, xb + (q41 ? 4 : 2));
+            if (kc) s = _mm256_sub_epi32(s, _mm256_set1_epi32(cx[b]));
+            /* the 8 rows' f16 scales (Q4_1: and mins) */
+            const __m128i dh = _mm_setr_epi16(ld16(w[0]), ld16(w[1]), ld16(w[2]), ld16(w[3]), ld16(w[4]), ld16(w[5]),
+                                              ld16(w[6]), ld16(w[7]));
+            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(dh), _mm256_set1_ps(dx[b])), sf = _mm256_cvtepi32_ps(s);
             if (q41) {
-                const __m128 mw = _mm_setr_ps(h2f(wb[0] + 2), h2f(wb[1] + 2), h2f(wb[2] + 2), h2f(wb[3] + 2));
-                sum = _mm_add_ps(sum, _mm_add_ps(_mm_mul_ps(dd, s), _mm_mul_ps(mw, _mm_set1_ps(h2f(xb + 2)))));
+                const __m128i mh = _mm_setr_epi16(ld16(w[0] + 2), ld16(w[1] + 2), ld16(w[2] + 2), ld16(w[3] + 2),
+                                                  ld16(w[4] + 2), ld16(w[5] + 2), ld16(w[6] + 2), ld16(w[7] + 2));
+                sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_mul_ps(dd, sf), _mm256_mul_ps(_mm256_cvtph_ps(mh), _mm256_set1_ps(sx[b]))));
             } else {
-                sum = _mm_add_ps(sum, _mm_mul_ps(s, dd));
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(sf, dd));
             }
+#pragma GCC unroll 8
+            for (int r = 0; r < GV_R; r++) w[r] += wbb;
         }
-        float v[4];
-        _mm_storeu_ps(v, sum);
+        float v[GV_R];
+        _mm256_storeu_ps(v, sum);
         for (int r = 0; r < R; r++) j->Y[o + r] = v[r];
     }
 }
 
+#if VL == 16
+/* AVX-512 decode: 16 rows at a time, the float chains of the 16 rows in the 16 lanes of a zmm.
+ * zmm k of a block holds two rows (gw_row(k) in its low half, gw_row(k) + 4 in its high half),
+ * so that the transpose-add tree of gw_reduce16 leaves row r's sum in lane r. Q4 nibbles: the
+ * high nibbles stay in place (16 n), masked, and their partial sums are shifted down by 4 just
+ * before the last add of the tree (exact: every term is a multiple of 16). Scales: one 64-byte
+ * load per row covers G blocks (4 of Q4_0/Q4_1, 2 of Q8_0), and a merge-masked vpermw drops
+ * each row's G scales into lane r of G half-vectors. */
+#define GW_R 16
+static inline int gw_row(int k) { return k < 4 ? k : k + 4; }
+
+static inline __attribute__((always_inline)) __m512i gw_w2(uint32_t type, const uint8_t *a, const uint8_t *b) {
+    if (type == KERN_TYPE_Q8_0) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))),
+                                       _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+    const int off = type == KERN_TYPE_Q4_1 ? 4 : 2;
+    __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld128(a + off)), 0xff00, ld128(b + off));
+    /* 128-bit lanes 0, 2: low nibbles (elements 0..15), lanes 1, 3: high nibbles times 16 */
+    return _mm512_and_si512(q, _mm512_mask_blend_epi64(0xcc, _mm512_set1_epi8(0x0f), _mm512_set1_epi8((char)0xf0)));
+}
+
+/* 8 zmm of per-row partial sums (see gw_w2) -> lane r = row r's block sum */
+static inline __attribute__((always_inline)) __m512i gw_reduce16(const __m512i p[8], int nib) {
+    __m512i t[4], u[2];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2 * k], p[2 * k + 1]), _mm512_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        u[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * k], t[2 * k + 1]), _mm512_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+    /* 128-bit lanes of u[k]: Q0, Q1: rows 4k'..+3 (two halves of the 32 bytes), Q2, Q3: the rows 4 on */
+    __m512i a = _mm512_shuffle_i64x2(u[0], u[1], 0x88), b = _mm512_shuffle_i64x2(u[0], u[1], 0xdd);
+    if (nib) b = _mm512_srai_epi32(b, 4);
+    return _mm512_add_epi32(a, b);
+}
+
+static inline __attribute__((always_inline)) void act_gemv16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1, nib = type != KERN_TYPE_Q8_0;
+    const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
+    const size_t rb = j->row_bytes, xo = q41 ? 4 : 2;
+    enum { G_MAX = 4 };
+    const int G = type == KERN_TYPE_Q8_0 ? 2 : 4;
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    float dx[GV_MAX_NB], sx[GV_MAX_NB];
+    int32_t cx[GV_MAX_NB];
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *xb = j->Xq + b * xbb;
+        dx[b] = h2f(xb);
+        sx[b] = q41 ? h2f(xb + 2) : 0.0f;
+        cx[b] = kc ? kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
+    }
+    /* word p of scale vector h holds block 2h + p / 16 (of the G loaded), row p % 16 */
+    __m512i sidx[2], midx[2];
+    for (int h = 0; h < 2; h++) {
+        int16_t id[32], im[32];
+        for (int p = 0; p < 32; p++) {
+            int g = 2 * h + p / 16;
+            id[p] = (int16_t)((g < G ? g : 0) * (int)wbb / 2);
+            im[p] = (int16_t)(id[p] + 1);
+        }
+        sidx[h] = _mm512_loadu_si512(id), midx[h] = _mm512_loadu_si512(im);
+    }
+    for (size_t o = lo; o < hi; o += GW_R) {
+        const int R = hi - o < GW_R ? (int)(hi - o) : GW_R;
+        const uint8_t *w[GW_R]; /* rows past R repeat the last one: computed, not stored */
+        for (int r = 0; r < GW_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb;
+        const uint8_t *pf, *pf_end;
+        int npf;
+        pf_plan(j, o, GW_R, hi, nb, &pf, &pf_end, &npf);
+        __m512 sum = _mm512_setzero_ps();
+        for (size_t b0 = 0; b0 < nb; b0 += (size_t)G) {
+            const int ng = nb - b0 < (size_t)G ? (int)(nb - b0) : G;
+            const __mmask64 lm = ng == G ? ~0ull : (1ull << (ng * wbb)) - 1; /* never past the row */
+            __m512i sd[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, sm[2] = {sd[0], sd[1]};
+#pragma GCC unroll 16
+            for (int r = 0; r < GW_R; r++) {
+                const __m512i l = _mm512_maskz_loadu_epi8(lm, w[r] + b0 * wbb);
+                const __mmask32 kr = (1u << r) | (1u << (16 + r));
+#pragma GCC unroll 2
+                for (int h = 0; h < G / 2; h++) {
+                    sd[h] = _mm512_mask_permutexvar_epi16(sd[h], kr, sidx[h], l);
+                    if (q41) sm[h] = _mm512_mask_permutexvar_epi16(sm[h], kr, midx[h], l);
+                }
+            }
+#pragma GCC unroll 4
+            for (int g = 0; g < G_MAX; g++) {
+                if (g >= ng) break;
+                const size_t b = b0 + (size_t)g, wo = b * wbb;
+                pf_lines(&pf, pf_end, npf);
+                const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(j->Xq + b * xbb + xo)));
+                __m512i p[8];
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), gw_w2(type, w[gw_row(k)] + wo, w[gw_row(k) + 4] + wo), x);
+                __m512i s = gw_reduce16(p, nib);
+                if (kc) s = _mm512_sub_epi32(s, _mm512_set1_epi32(cx[b]));
+                const __m256i dh = g & 1 ? _mm512_extracti64x4_epi64(sd[g / 2], 1) : _mm512_castsi512_si256(sd[g / 2]);
+                const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(dh), _mm512_set1_ps(dx[b])), sf = _mm512_cvtepi32_ps(s);
+                if (q41) {
+                    const __m256i mh = g & 1 ? _mm512_extracti64x4_epi64(sm[g / 2], 1) : _mm512_castsi512_si256(sm[g / 2]);
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_mul_ps(dd, sf), _mm512_mul_ps(_mm512_cvtph_ps(mh), _mm512_set1_ps(sx[b]))));
+                } else {
+                    sum = _mm512_add_ps(sum, _mm512_mul_ps(sf, dd));
+                }
+            }
+        }
+        float v[GW_R];
+        _mm512_storeu_ps(v, sum);
+        for (int r = 0; r < R; r++) j->Y[o + r] = v[r];
+    }
+}
+#endif
+
+#if VL == 16
+#define ACT_GEMV act_gemv16
+#else
+#define ACT_GEMV act_gemv
+#endif
 #define ACT_DEF(T)                                                                     \
     static void act_##T(const kern__mm *j, size_t lo, size_t hi) {                     \
-        if (j->n_tok == 1) act_rows1(KERN_TYPE_##T, j, lo, hi);                         \
+        if (j->n_tok == 1) ACT_GEMV(KERN_TYPE_##T, j, lo, hi);                          \
         else act_rows(KERN_TYPE_##T, j, lo, hi);                                        \
     }
 ACT_DEF(Q8_0)

@@ -73,6 +73,7 @@ START_TEST(test_defaults) {
     ck_assert_int_eq(d.kv_cache_mb, 512);
     ck_assert_int_eq(d.block_size, 16);
     ck_assert_str_eq(d.kv_type, "f16");
+    ck_assert(!d.quant_act);
     ck_assert_int_eq(d.max_seqs, 64);
     ck_assert_int_eq(d.max_batched_tokens, 512);
     ck_assert_int_eq(d.max_waiting, 256);

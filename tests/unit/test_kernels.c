@@ -90,6 +90,82 @@ START_TEST(test_matmul_matches_reference) {
 }
 END_TEST
 
+/* Decode (n_tok 1) row tiles: 8 rows (AVX2) and 16 (AVX-512) with prefetch of the next tile,
+ * whole tiles and tails of every length at odd block counts, both arithmetics, every ISA level,
+ * each split between 1 and 2 threads: check_matmul's checks (bitwise reference for quantised
+ * activations, bitwise independent of n_tok and the split). */
+START_TEST(test_matmul_gemv_tiles) {
+    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1, KERN_TYPE_Q4_K, KERN_TYPE_Q6_K,
+                                     KERN_TYPE_F16, KERN_TYPE_BF16};
+    static const size_t outs[] = {16, 17, 31, 40, 53, 64 + 15};
+    static const size_t blocks[] = {1, 2, 3, 5, 7, 13}; /* block groups of the scale loads: 2 and 4, and tails */
+    kern_init();
+    kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            uint32_t t = types[ti];
+            size_t be = kern_type_block_elems(t) == 1 ? 32 : kern_type_block_elems(t);
+            double max_rel = 0;
+            for (size_t oi = 0; oi < 6; oi++)
+                for (int qa = 0; qa < 2; qa++) {
+                    size_t nb = blocks[(oi + (size_t)qa) % 6] + (be == 256 ? 0 : oi); /* 1 .. 18 */
+                    double e = check_matmul(pool1, pool2, t, be * nb, outs[oi], 1 + (oi % 3 == 2), qa);
+                    max_rel = e > max_rel ? e : max_rel;
+                }
+            printf("gemv tiles %-6s %-5s max rel err %.2e\n", isa_name[isa], kern_type_name(t), max_rel);
+            ck_assert_msg(max_rel < (be == 256 ? 1e-4 : 2e-5), "%s: %g", kern_type_name(t), max_rel);
+        }
+    }
+    kern__set_isa(kern__isa_best());
+    kern_pool_destroy(pool1);
+    kern_pool_destroy(pool2);
+}
+END_TEST
+
+/* kern_matmul_multi equals one kern_matmul per output, bitwise, in both arithmetics, including
+ * mixed weight types (one activation format, and two: Q4_1 wants Q8_1). */
+START_TEST(test_matmul_multi) {
+    static const uint32_t sets[3][3] = {{KERN_TYPE_Q8_0, KERN_TYPE_Q8_0, KERN_TYPE_Q8_0},
+                                        {KERN_TYPE_Q4_0, KERN_TYPE_Q8_0, KERN_TYPE_Q6_K},
+                                        {KERN_TYPE_Q4_1, KERN_TYPE_Q4_1, KERN_TYPE_Q8_0}};
+    static const size_t n_outs[3] = {37, 16, 9};
+    const size_t n_in = 256 * 3;
+    kern_init();
+    kern_pool *pool = kern_pool_new(2);
+    float *X = malloc(n_in * 5 * sizeof(float)), row[256 * 3];
+    uint8_t *scratch = malloc(kern_matmul_scratch_bytes(n_in, 5));
+    for (size_t i = 0; i < n_in * 5; i++) X[i] = frand();
+    for (int si = 0; si < 3; si++)
+        for (size_t n_tok = 1; n_tok <= 5; n_tok += 4)
+            for (int qa = 0; qa < 2; qa++) {
+                uint8_t *W[3];
+                float *Y[3], *Yr[3];
+                kern_matmul_out o[3];
+                for (int k = 0; k < 3; k++) {
+                    size_t rb = kern_row_bytes(sets[si][k], n_in);
+                    W[k] = malloc(rb * n_outs[k]);
+                    Y[k] = malloc(n_outs[k] * n_tok * sizeof(float));
+                    Yr[k] = malloc(n_outs[k] * n_tok * sizeof(float));
+                    for (size_t r = 0; r < n_outs[k]; r++) {
+                        for (size_t i = 0; i < n_in; i++) row[i] = frand();
+                        ck_assert_int_eq(kern_quantize_row_ref(sets[si][k], row, W[k] + r * rb, n_in), 0);
+                    }
+                    o[k] = (kern_matmul_out){sets[si][k], W[k], Y[k], n_outs[k]};
+                }
+                kern_matmul_multi(pool, o, 3, X, n_in, n_tok, qa ? scratch : NULL);
+                for (int k = 0; k < 3; k++) {
+                    kern_matmul(NULL, sets[si][k], W[k], X, Yr[k], n_in, n_outs[k], n_tok, qa ? scratch : NULL);
+                    ck_assert_msg(memcmp(Y[k], Yr[k], n_outs[k] * n_tok * sizeof(float)) == 0, "set %d op %d n_tok %zu qa %d",
+                                  si, k, n_tok, qa);
+                    free(W[k]), free(Y[k]), free(Yr[k]);
+                }
+            }
+    free(X), free(scratch);
+    kern_pool_destroy(pool);
+}
+END_TEST
+
 /* The SIMD activation quantisers equal kern_quantize_act_row bitwise: random blocks, an
  * all-zero block, one-hot blocks, and exact .5 ties of x*127/amax. */
 START_TEST(test_quantize_act_every_isa) {
@@ -287,6 +363,8 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_matmul_matches_reference);
     tcase_add_test(tc, test_matmul_quant_act_drift);
+    tcase_add_test(tc, test_matmul_gemv_tiles);
+    tcase_add_test(tc, test_matmul_multi);
     tcase_add_test(tc, test_quantize_act_every_isa);
     tcase_add_test(tc, test_elementwise_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);

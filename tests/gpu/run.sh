@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh LOGDIR: build tokd with CUDA and run the GPU tests on the machine's GPU, each
+# under a time limit (about 8 minutes in all at worst), logs in LOGDIR, a summary table at the end.
+#   1. build (make CUDA=1, BUILD=$BUILD, default build-gpu)
+#   2. test_cuda_kernels: every CUDA kernel against the CPU scalar reference, max rel error per case
+#   3. test_cuda_model: stories260K vs llama.cpp's greedy reference and SmolLM2 CPU vs CUDA
+#   4. test_cuda_perf: Llama-3-8B-shaped random model (bf16, Q8_0), tokens/s vs HBM and FLOP floors
+#   5. compute-sanitizer memcheck over the kernel test, when the tool exists (report only)
+# Environment: SHARED (default ../shared, then ./shared), TOKD_MODEL (SmolLM2 Q4_1 gguf), BUILD, JOBS.
+# Never run by make test (CI has no GPU); make test only builds these binaries.
+set -u
+LOGDIR=${1:?usage: tests/gpu/run.sh LOGDIR}
+cd "$(dirname "$0")/../.."
+mkdir -p "$LOGDIR"
+LOGDIR=$(cd "$LOGDIR" && pwd)
+BUILD=${BUILD:-build-gpu}
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 4)}
+SHARED=${SHARED:-../shared}
+[ -d "$SHARED/testdata" ] || SHARED=./shared
+MODEL=${TOKD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+export PATH="$PATH:/usr/local/cuda/bin"
+
+declare -a NAMES STATUS SECS NOTES
+step() { # step NAME LIMIT_S NOTE_REGEX CMD...
+    local name=$1 limit=$2 re=$3; shift 3
+    local log="$LOGDIR/$name.log" t0 rc
+    t0=$(date +%s)
+    echo "== $name (limit ${limit}s): $*" | tee "$log"
+    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+    rc=$?
+    local dt=$(( $(date +%s) - t0 )) st=PASS
+    [ $rc -ne 0 ] && st="FAIL($rc)"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && st=TIMEOUT
+    tail -n 40 "$log"
+    NAMES+=("$name"); STATUS+=("$st"); SECS+=("$dt")
+    NOTES+=("$(grep -E "$re" "$log" | tail -n 3 | tr '\n' ';' | cut -c1-150)")
+    return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv > "$LOGDIR/gpu.txt" 2>&1 || true
+if step build 200 'error|cuda_check' make -j"$JOBS" CUDA=1 BUILD="$BUILD" SHARED="$SHARED" "$BUILD/tokd" gpu_tests; then
+    step kernels 80 'cases within|FAIL' "$BUILD/gpu/test_cuda_kernels"
+    step model 100 'test_cuda_model|FAIL' env TOKD_SHARED="$SHARED" "$BUILD/gpu/test_cuda_model" "$SHARED" "$MODEL"
+    step perf 110 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
+    if command -v compute-sanitizer >/dev/null 2>&1; then
+        step memcheck 60 'ERROR SUMMARY|cases within' compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
+    fi
+fi
+
+echo
+echo "==================== tokd GPU tests: $(head -n 2 "$LOGDIR/gpu.txt" | tail -n 1) ===================="
+printf '%-10s %-12s %6s  %s\n' step status secs notes
+fail=0
+for i in "${!NAMES[@]}"; do
+    printf '%-10s %-12s %6s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"
+    [ "${STATUS[$i]}" = PASS ] || { [ "${NAMES[$i]}" = memcheck ] || fail=1; }
+done
+echo "logs: $LOGDIR"
+exit $fail
