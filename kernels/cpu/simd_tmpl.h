@@ -19,6 +19,7 @@
  * between ISA levels (lane count), which is fine: the level is fixed for a process. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_internal.h"
@@ -339,24 +340,19 @@ static void mm_f32(const kern__mm *j, size_t lo, size_t hi) {
 }
 
 /* ---- quantised-activation matmul ----
- * Per block the integer sum is exact (IDOT32 on unpacked bytes, then an integer horizontal
- * sum), and the float steps are those of kern_vec_dot_act in the same order, done for 4 tokens
- * at once in the 4 lanes of an SSE vector (lane t is token t's own scalar chain), so the result
- * is bitwise equal to the scalar reference. Tiles of 4 rows x 4 tokens unpack each weight block
- * once for 4 tokens; the 4 integer sums come out of one hadd tree. Signed weights (Q8_0, and
- * Q4_0 as q-8) use |w| and x*sign(w) because the byte dot multiplies unsigned by signed. */
+ * Per block the integer sum is exact (byte dots on unpacked weights, then an integer
+ * transpose-add tree), and the float steps are those of kern_vec_dot_act in the same order,
+ * done for 8 (AVX2) or 16 (AVX-512) rows at once in the lanes of one vector (lane r is row r's
+ * own scalar chain), so the result is bitwise equal to the scalar reference, whatever n_tok or
+ * the thread split. One token: act_gemv / act_gemv16 (below). More tokens: act_gemm / act_gemm16
+ * run the same per-lane chains for a tile of rows x GM_T tokens, each weight block unpacked
+ * once per tile and applied to every token of it. */
 
 static inline int hsum_i32(__m256i p) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
     return _mm_cvtsi128_si32(s);
-}
-
-/* Integer sums of p0..p3 (8 int32 lanes each) as 4 lanes. */
-static inline __m128i hsum4_i32(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
-    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
 /* Weight block -> the unsigned operand u and (signed types) the signed weights ws. */
@@ -374,49 +370,6 @@ static inline __attribute__((always_inline)) void unpack_w(uint32_t type, const 
     }
     *ws = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
     *u = _mm256_abs_epi8(*ws);
-}
-
-static inline __attribute__((always_inline)) void act_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
-    const int q41 = type == KERN_TYPE_Q4_1;
-    const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
-    for (size_t o = lo; o < hi; o += 4) {
-        const int R = hi - o < 4 ? (int)(hi - o) : 4;
-        for (size_t t0 = 0; t0 < j->n_tok; t0 += 4) {
-            const int T = j->n_tok - t0 < 4 ? (int)(j->n_tok - t0) : 4;
-            const uint8_t *xr[4]; /* tokens past T repeat the last one: computed, not stored */
-            for (int t = 0; t < 4; t++) xr[t] = j->Xq + (t0 + (t < T ? t : T - 1)) * j->act_bytes;
-            __m128 sum[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
-            for (size_t b = 0; b < nb; b++) {
-                const uint8_t *xb[4] = {xr[0] + b * xbb, xr[1] + b * xbb, xr[2] + b * xbb, xr[3] + b * xbb};
-                const __m128 dx = _mm_setr_ps(h2f(xb[0]), h2f(xb[1]), h2f(xb[2]), h2f(xb[3]));
-                const __m128 sx = q41 ? _mm_setr_ps(h2f(xb[0] + 2), h2f(xb[1] + 2), h2f(xb[2] + 2), h2f(xb[3] + 2))
-                                      : _mm_setzero_ps();
-                __m256i xq[4];
-#pragma GCC unroll 4
-                for (int t = 0; t < 4; t++) xq[t] = _mm256_loadu_si256((const __m256i *)(xb[t] + (q41 ? 4 : 2)));
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    if (r >= R) break;
-                    const uint8_t *wb = j->W + (o + r) * j->row_bytes + b * wbb;
-                    __m256i u, ws = _mm256_setzero_si256(), p[4];
-                    unpack_w(type, wb, &u, &ws);
-#pragma GCC unroll 4
-                    for (int t = 0; t < 4; t++) p[t] = IDOT32(u, q41 ? xq[t] : _mm256_sign_epi8(xq[t], ws));
-                    const __m128 s = _mm_cvtepi32_ps(hsum4_i32(p[0], p[1], p[2], p[3]));
-                    const __m128 dd = _mm_mul_ps(_mm_set1_ps(h2f(wb)), dx); /* dw * dx */
-                    if (q41) /* sum += (dw*dx)*s + mw*sx */
-                        sum[r] = _mm_add_ps(sum[r], _mm_add_ps(_mm_mul_ps(dd, s), _mm_mul_ps(_mm_set1_ps(h2f(wb + 2)), sx)));
-                    else /* sum += s * (dw*dx) */
-                        sum[r] = _mm_add_ps(sum[r], _mm_mul_ps(s, dd));
-                }
-            }
-            for (int r = 0; r < R; r++) {
-                float v[4];
-                _mm_storeu_ps(v, sum[r]);
-                for (int t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o + r] = v[t];
-            }
-        }
-    }
 }
 
 /* One token (decode): 8 rows at a time share each activation block. Per block every row's
@@ -660,6 +613,218 @@ static inline __attribute__((always_inline)) void act_gemv16(uint32_t type, cons
 }
 #endif
 
+
+/* ---- quantised-activation GEMM (n_tok > 1) ----
+ * Rows in lanes exactly as in the GEMV above (same unsigned operand, same transpose-add tree,
+ * same per-lane float steps: dd = dw * dx, sum += s * dd, or Q4_1's sum += dd * s + mw * sx),
+ * so every (row, token) output is bitwise the GEMV's. A row tile's f16 scales are widened once
+ * (exact) for all its blocks; per token and block, dx, sx and the correction k * sum(x) are
+ * taken once per call. Tokens run in tiles of GM_T (the last tile repeats its last token:
+ * computed, not stored); the weights of one row tile stay in L1/L2 across the token tiles. */
+#if VL == 16
+#define GM_T 8
+#define GM_R 16
+#else
+#define GM_T 4
+#define GM_R 8
+#endif
+
+typedef struct {
+    float *dx, *sx, *wd, *wm; /* dx, sx: [t * nb + b]; wd, wm: [b * GM_R + r] */
+    int32_t *cx;
+} gm_buf;
+
+/* Per token and block of Xq: scale, Q8_1's s, and kc * sum(x). NULL on allocation failure. */
+static int gm_prep(const kern__mm *j, int q41, int kc, size_t nb, gm_buf *g) {
+    const size_t nt = j->n_tok, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2;
+    float *f = malloc((2 * nt * nb + 2 * nb * GM_R) * sizeof(float));
+    int32_t *c = malloc(nt * nb * sizeof(int32_t));
+    if (!f || !c) {
+        free(f), free(c);
+        return -1;
+    }
+    g->dx = f, g->sx = f + nt * nb, g->wd = f + 2 * nt * nb, g->wm = g->wd + nb * GM_R, g->cx = c;
+    for (size_t t = 0; t < nt; t++)
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *xb = j->Xq + t * j->act_bytes + b * xbb;
+            g->dx[t * nb + b] = h2f(xb);
+            g->sx[t * nb + b] = q41 ? h2f(xb + 2) : 0.0f;
+            g->cx[t * nb + b] = kc ? kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
+        }
+    return 0;
+}
+
+/* The row tile's scales (and Q4_1 mins) as floats, block by block */
+static inline void gm_scales(const uint8_t *const w[GM_R], int q41, size_t nb, size_t wbb, gm_buf *g) {
+    for (size_t b = 0; b < nb; b++)
+        for (int r = 0; r < GM_R; r++) {
+            g->wd[b * GM_R + r] = h2f(w[r] + b * wbb);
+            if (q41) g->wm[b * GM_R + r] = h2f(w[r] + b * wbb + 2);
+        }
+}
+
+#if VL == 16
+static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
+    const size_t rb = j->row_bytes, xo = q41 ? 4 : 2, nt = j->n_tok;
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    gm_buf g;
+    if (gm_prep(j, q41, kc, nb, &g)) { /* no memory: one token at a time, same results */
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            act_gemv16(type, &one, lo, hi);
+        }
+        return;
+    }
+    /* the row tile repacked: per block, 8 zmm, zmm k lane r = unsigned bytes 4k..4k+3 of row r */
+    __m512i *pk = aligned_alloc(64, nb * 8 * sizeof(__m512i));
+    if (!pk) {
+        free(g.dx), free(g.cx);
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            act_gemv16(type, &one, lo, hi);
+        }
+        return;
+    }
+    for (size_t o = lo; o < hi; o += GM_R) {
+        const int R = hi - o < GM_R ? (int)(hi - o) : GM_R;
+        const uint8_t *w[GM_R]; /* rows past R repeat the last one: computed, not stored */
+        int32_t ofs[GM_R];
+        for (int r = 0; r < GM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb, ofs[r] = (int32_t)(w[r] - w[0]);
+        gm_scales(w, q41, nb, wbb, &g);
+        const __m512i vi = _mm512_loadu_si512(ofs);
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *base = w[0] + b * wbb + xo;
+            if (type == KERN_TYPE_Q8_0) {
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    pk[b * 8 + k] = _mm512_xor_si512(_mm512_i32gather_epi32(vi, base + 4 * k, 1), _mm512_set1_epi8((char)0x80));
+            } else {
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    const __m512i q = _mm512_i32gather_epi32(vi, base + 4 * k, 1);
+                    pk[b * 8 + k] = _mm512_and_si512(q, _mm512_set1_epi8(0x0f));
+                    pk[b * 8 + k + 4] = _mm512_and_si512(_mm512_srli_epi32(q, 4), _mm512_set1_epi8(0x0f));
+                }
+            }
+        }
+        for (size_t t0 = 0; t0 < nt; t0 += GM_T) {
+            const int T = nt - t0 < GM_T ? (int)(nt - t0) : GM_T;
+            size_t tk[GM_T];
+            const uint8_t *xr[GM_T];
+            for (int t = 0; t < GM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + xo;
+            __m512 sum[GM_T];
+#pragma GCC unroll 8
+            for (int t = 0; t < GM_T; t++) sum[t] = _mm512_setzero_ps();
+            for (size_t b = 0; b < nb; b++) {
+                __m512i wv[8];
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) wv[k] = _mm512_load_si512(pk + b * 8 + k);
+                const __m512 dw = _mm512_loadu_ps(g.wd + b * GM_R);
+#pragma GCC unroll 8
+                for (int t = 0; t < GM_T; t++) {
+                    const size_t ib = tk[t] * nb + b;
+                    const uint8_t *xb = xr[t] + b * xbb;
+                    __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++) {
+                        int32_t xk;
+                        memcpy(&xk, xb + 4 * k, 4);
+                        s = _mm512_dpbusd_epi32(s, wv[k], _mm512_set1_epi32(xk));
+                    }
+                    if (kc) s = _mm512_sub_epi32(s, _mm512_set1_epi32(g.cx[ib]));
+                    const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(g.dx[ib])), sf = _mm512_cvtepi32_ps(s);
+                    if (q41)
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_add_ps(_mm512_mul_ps(dd, sf),
+                                                                     _mm512_mul_ps(_mm512_loadu_ps(g.wm + b * GM_R), _mm512_set1_ps(g.sx[ib]))));
+                    else
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(sf, dd));
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                float v[GM_R];
+                _mm512_storeu_ps(v, sum[t]);
+                for (int r = 0; r < R; r++) j->Y[(t0 + (size_t)t) * j->n_out + o + r] = v[r];
+            }
+        }
+    }
+    free(pk), free(g.dx), free(g.cx);
+}
+#define ACT_GEMM act_gemm16
+#else
+static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1, q8 = type == KERN_TYPE_Q8_0;
+    const size_t nb = j->n_in / CH, wbb = q8 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
+    const size_t rb = j->row_bytes, xo = q41 ? 4 : 2, nt = j->n_tok;
+    const int kc = type == KERN_TYPE_Q4_0 ? 8 : 0;
+    gm_buf g;
+    if (gm_prep(j, q41, kc, nb, &g)) { /* no memory: one token at a time, same results */
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            act_gemv(type, &one, lo, hi);
+        }
+        return;
+    }
+    for (size_t o = lo; o < hi; o += GM_R) {
+        const int R = hi - o < GM_R ? (int)(hi - o) : GM_R;
+        const uint8_t *w[GM_R]; /* rows past R repeat the last one: computed, not stored */
+        for (int r = 0; r < GM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb;
+        gm_scales(w, q41, nb, wbb, &g);
+        for (size_t t0 = 0; t0 < nt; t0 += GM_T) {
+            const int T = nt - t0 < GM_T ? (int)(nt - t0) : GM_T;
+            size_t tk[GM_T];
+            const uint8_t *xr[GM_T];
+            for (int t = 0; t < GM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + xo;
+            __m256 sum[GM_T];
+#pragma GCC unroll 4
+            for (int t = 0; t < GM_T; t++) sum[t] = _mm256_setzero_ps();
+            for (size_t b = 0; b < nb; b++) {
+                const size_t wo = b * wbb;
+                __m256i u[GM_R], ws[GM_R];
+#pragma GCC unroll 8
+                for (int r = 0; r < GM_R; r++) {
+                    if (q8) {
+                        ws[r] = _mm256_loadu_si256((const __m256i *)(w[r] + wo + 2));
+                        u[r] = _mm256_abs_epi8(ws[r]);
+                    } else {
+                        const __m256i q = _mm256_broadcastsi128_si256(ld128(w[r] + wo + xo));
+                        u[r] = _mm256_and_si256(_mm256_blend_epi32(q, _mm256_srli_epi16(q, 4), 0xf0), _mm256_set1_epi8(0x0f));
+                    }
+                }
+                const __m256 dw = _mm256_loadu_ps(g.wd + b * GM_R);
+#pragma GCC unroll 4
+                for (int t = 0; t < GM_T; t++) {
+                    const size_t ib = tk[t] * nb + b;
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(xr[t] + b * xbb));
+                    __m256i p[GM_R];
+#pragma GCC unroll 8
+                    for (int r = 0; r < GM_R; r++) p[r] = IDOT32(u[r], q8 ? _mm256_sign_epi8(x, ws[r]) : x);
+                    __m256i s = gv_reduce8(p);
+                    if (kc) s = _mm256_sub_epi32(s, _mm256_set1_epi32(g.cx[ib]));
+                    const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(g.dx[ib])), sf = _mm256_cvtepi32_ps(s);
+                    if (q41)
+                        sum[t] = _mm256_add_ps(sum[t], _mm256_add_ps(_mm256_mul_ps(dd, sf),
+                                                                     _mm256_mul_ps(_mm256_loadu_ps(g.wm + b * GM_R), _mm256_set1_ps(g.sx[ib]))));
+                    else
+                        sum[t] = _mm256_add_ps(sum[t], _mm256_mul_ps(sf, dd));
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                float v[GM_R];
+                _mm256_storeu_ps(v, sum[t]);
+                for (int r = 0; r < R; r++) j->Y[(t0 + (size_t)t) * j->n_out + o + r] = v[r];
+            }
+        }
+    }
+    free(g.dx), free(g.cx);
+}
+#define ACT_GEMM act_gemm
+#endif
+
 #if VL == 16
 #define ACT_GEMV act_gemv16
 #else
@@ -668,7 +833,7 @@ static inline __attribute__((always_inline)) void act_gemv16(uint32_t type, cons
 #define ACT_DEF(T)                                                                     \
     static void act_##T(const kern__mm *j, size_t lo, size_t hi) {                     \
         if (j->n_tok == 1) ACT_GEMV(KERN_TYPE_##T, j, lo, hi);                          \
-        else act_rows(KERN_TYPE_##T, j, lo, hi);                                        \
+        else ACT_GEMM(KERN_TYPE_##T, j, lo, hi);                                        \
     }
 ACT_DEF(Q8_0)
 ACT_DEF(Q4_0)

@@ -123,6 +123,33 @@ START_TEST(test_matmul_gemv_tiles) {
 }
 END_TEST
 
+/* Quantised-activation GEMM (n_tok > 1) tiles: 8 (AVX2) or 16 (AVX-512) rows x 4 or 8 tokens,
+ * whole and partial tiles of rows and tokens (n_tok 2..17 and 64, odd row counts, row tails of
+ * every kind), every ISA level: check_matmul's checks, i.e. bitwise the reference, each token
+ * bitwise its n_tok == 1 (GEMV) result, and the same on 1 and 2 threads. */
+START_TEST(test_matmul_gemm_act_tiles) {
+    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1};
+    static const size_t outs[] = {7, 17, 33, 53, 64 + 15};
+    static const size_t blocks[] = {1, 2, 3, 5, 13, 18};
+    kern_init();
+    kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            uint32_t t = types[ti];
+            for (size_t n_tok = 2; n_tok <= 18; n_tok++) {
+                size_t nt = n_tok == 18 ? 64 : n_tok;
+                check_matmul(pool1, pool2, t, 32 * blocks[n_tok % 6], outs[n_tok % 5], nt, true);
+            }
+        }
+        printf("gemm act tiles %-6s ok\n", isa_name[isa]);
+    }
+    kern__set_isa(kern__isa_best());
+    kern_pool_destroy(pool1);
+    kern_pool_destroy(pool2);
+}
+END_TEST
+
 /* kern_matmul_multi equals one kern_matmul per output, bitwise, in both arithmetics, including
  * mixed weight types (one activation format, and two: Q4_1 wants Q8_1). */
 START_TEST(test_matmul_multi) {
@@ -364,6 +391,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_matches_reference);
     tcase_add_test(tc, test_matmul_quant_act_drift);
     tcase_add_test(tc, test_matmul_gemv_tiles);
+    tcase_add_test(tc, test_matmul_gemm_act_tiles);
     tcase_add_test(tc, test_matmul_multi);
     tcase_add_test(tc, test_quantize_act_every_isa);
     tcase_add_test(tc, test_elementwise_every_isa);
