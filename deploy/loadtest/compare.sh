@@ -6,8 +6,8 @@
 #   deploy/loadtest/compare.sh MODEL.gguf [LLAMA_SERVER_BIN] [CONCURRENCIES] [REQUESTS_PER_STREAM]
 #   e.g. deploy/loadtest/compare.sh /tmp/s135-q8_0.gguf ~/llama.cpp/build/bin/llama-server "1 4 16"
 #
-# Env: TOKD_BIN (build/tokd), THREADS (2), INPUT_LEN (128), OUTPUT_LEN (128), OUT (results dir),
-#      TOKD_ARGS / LLAMA_ARGS (extra flags, e.g. LLAMA_ARGS="-fa on").
+# Env (tokd rejects unknown TOKD_* variables, hence these names): TOKD_BIN (build/tokd), THREADS (2), INPUT_LEN (128), OUTPUT_LEN (128), OUT (results dir),
+#      EXTRA_TOKD_FLAGS / EXTRA_LLAMA_FLAGS (extra flags, e.g. EXTRA_LLAMA_FLAGS="-fa on").
 set -euo pipefail
 model=$1
 llama=${2:-}
@@ -48,10 +48,10 @@ PY
 for c in $concs; do
     ctx=$(( c * (in_len + out_len + 64) )); [ "$ctx" -lt 4096 ] && ctx=4096
     "$tokd" serve --model "$model" --port "$port" --threads "$threads" --max-seqs $(( c > 64 ? c : 64 )) \
-        ${TOKD_ARGS:-} >"$out/tokd-c$c.log" 2>&1 &
+        ${EXTRA_TOKD_FLAGS:-} >"$out/tokd-c$c.log" 2>&1 &
     pid=$!; wait_ready "http://127.0.0.1:$port/ready"; run_load tokd "$c"; kill -TERM $pid; wait $pid || true
     if [ -n "$llama" ]; then
-        "$llama" -m "$model" --port "$port" -t "$threads" --parallel "$c" -c "$ctx" ${LLAMA_ARGS:-} \
+        "$llama" -m "$model" --port "$port" -t "$threads" --parallel "$c" -c "$ctx" ${EXTRA_LLAMA_FLAGS:-} \
             >"$out/llama-c$c.log" 2>&1 &
         pid=$!; wait_ready "http://127.0.0.1:$port/health"; run_load llama "$c"; kill -TERM $pid; wait $pid || true
     fi
