@@ -190,6 +190,9 @@ END_TEST
  * (llama.cpp: 8), and mean KL below 0.01 (llama.cpp: 2.9e-3). */
 #define SMOL_GAP_STRICT 0.1
 #define SMOL_MAX_FLIPS 10
+/* The 8-bit activation mode adds llama.cpp's own rounding noise on top (its flip count moves
+ * between 8 and 9 with summation order across ISA levels), so it gets more room. */
+#define SMOL_MAX_FLIPS_QACT 16
 
 static void log_softmax(const float *x, size_t n, double *out) {
     double mx = -INFINITY, sum = 0;
@@ -280,7 +283,7 @@ START_TEST(test_smollm2_teacher_forced) {
     printf("SmolLM2 vs llama.cpp (%s activations): %d cases, %d positions (%d with gap > 0.01, %d top-1 differ, "
            "all with gap <= %.2f); mean KL %.2e, max %.2e\n", quant_act ? "8-bit" : "f32", n_cases, n_pos, n_gap,
            n_bad, SMOL_GAP_STRICT, kl_mean, kl_max);
-    ck_assert_int_le(n_bad, SMOL_MAX_FLIPS);
+    ck_assert_int_le(n_bad, quant_act ? SMOL_MAX_FLIPS_QACT : SMOL_MAX_FLIPS);
     ck_assert_int_ge(n_cases, 8);
     ck_assert_msg(kl_mean < 0.01, "mean KL %g", kl_mean);
     cJSON_Delete(root);
