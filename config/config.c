@@ -54,6 +54,7 @@ typedef struct {
  * (engine/chat.h; tests/unit/test_config.c checks every engine name is accepted here). */
 static const char *const chat_templates[] = {"", "chatml", "llama3", "llama2", "mistral", "gemma", "zephyr", NULL};
 static const char *const kv_types[] = {"f16", "f32", NULL};
+static const char *const devices[] = {"cpu", "cuda", NULL};
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
 static const cfg_key keys[] = {
@@ -69,6 +70,7 @@ static const cfg_key keys[] = {
     INT(kv_cache_mb, 1, MI, 512, "KV cache size in MiB, used when kv_blocks is 0"),
     INT(block_size, 1, 256, 16, "tokens per KV cache block"),
     STR(kv_type, 1, kv_types, "f16", "TYPE", "K/V element type (f32 is for debugging)"),
+    STR(device, 1, devices, "cpu", "DEV", "compute device: cpu, or cuda when tokd was built with CUDA"),
     BOOL(quant_act, 0,
          "8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp's CPU backend (faster decode; default: exact f32)"),
     /* scheduler */
