@@ -1,9 +1,12 @@
 /* gguf internals: the in-memory parser entry point (used by gguf_open after mmap and by the
  * fuzz target), a type-name helper, and writer extensions the tests use to emit every value
- * type, raw (possibly hostile) values and non-default alignments. Only engine/gguf*.c and the
- * gguf tests/fuzzer include this header. */
+ * type, raw (possibly hostile) values and non-default alignments, and the file-writing helpers
+ * that engine/quantize.c's streaming writer shares. Only engine/gguf*.c, engine/quantize.c and
+ * the gguf tests/fuzzer include this header. */
 #ifndef ENGINE_GGUF_INTERNAL_H
 #define ENGINE_GGUF_INTERNAL_H
+
+#include <stdio.h>
 
 #include "engine/gguf.h"
 
@@ -33,5 +36,13 @@ int gguf_writer_add_raw(gguf_writer *w, const char *key, uint32_t type, const vo
                         size_t n);
 /* Data alignment (a power of two); when set, a general.alignment u32 key is written first. */
 int gguf_writer_set_alignment(gguf_writer *w, uint32_t alignment);
+
+/* Little-endian file writing shared by the writer (gguf_write.c) and the streaming writer of
+ * engine/quantize.c: each returns false on a short write. */
+size_t gguf__align_up(size_t x, size_t a);
+bool gguf__put(FILE *fp, const void *p, size_t n);
+bool gguf__put_u32(FILE *fp, uint32_t v);
+bool gguf__put_u64(FILE *fp, uint64_t v);
+bool gguf__put_zeros(FILE *fp, size_t n);
 
 #endif

@@ -230,28 +230,29 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint
 
 /* ---------------------------------------------------------------- output */
 
-static size_t align_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
+/* File-writing helpers, shared with engine/quantize.c's streaming writer (gguf_internal.h). */
+size_t gguf__align_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
 
-static bool put(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n; }
-static bool put_u32(FILE *fp, uint32_t v) { return put(fp, &v, 4); }
-static bool put_u64(FILE *fp, uint64_t v) { return put(fp, &v, 8); }
+bool gguf__put(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n; }
+bool gguf__put_u32(FILE *fp, uint32_t v) { return gguf__put(fp, &v, 4); }
+bool gguf__put_u64(FILE *fp, uint64_t v) { return gguf__put(fp, &v, 8); }
 
-static bool put_zeros(FILE *fp, size_t n) {
-    static const uint8_t zeros[64];
+bool gguf__put_zeros(FILE *fp, size_t n) {
+    static const uint8_t zeros[256];
     for (; n > sizeof zeros; n -= sizeof zeros)
-        if (!put(fp, zeros, sizeof zeros)) return false;
-    return put(fp, zeros, n);
+        if (!gguf__put(fp, zeros, sizeof zeros)) return false;
+    return gguf__put(fp, zeros, n);
 }
 
 static bool write_header(const gguf_writer *w, FILE *fp) {
-    bool ok = put(fp, "GGUF", 4) && put_u32(fp, 3) && put_u64(fp, w->n_t) &&
-              put_u64(fp, w->n_kv + (w->write_alignment ? 1 : 0));
+    bool ok = gguf__put(fp, "GGUF", 4) && gguf__put_u32(fp, 3) && gguf__put_u64(fp, w->n_t) &&
+              gguf__put_u64(fp, w->n_kv + (w->write_alignment ? 1 : 0));
     if (ok && w->write_alignment) {
         static const char key[] = "general.alignment";
-        ok = put_u64(fp, sizeof key - 1) && put(fp, key, sizeof key - 1) &&
-             put_u32(fp, GGUF_TYPE_UINT32) && put_u32(fp, w->alignment);
+        ok = gguf__put_u64(fp, sizeof key - 1) && gguf__put(fp, key, sizeof key - 1) &&
+             gguf__put_u32(fp, GGUF_TYPE_UINT32) && gguf__put_u32(fp, w->alignment);
     }
-    return ok && put(fp, w->kv, w->kv_len);
+    return ok && gguf__put(fp, w->kv, w->kv_len);
 }
 
 /* Tensor infos, then padding, then each tensor's data at its aligned offset. */
@@ -260,18 +261,18 @@ static bool write_tensors(const gguf_writer *w, FILE *fp) {
     for (size_t i = 0; i < w->n_t; i++) {
         const gguf__wtensor *t = &w->t[i];
         size_t len = strlen(t->name);
-        bool ok = put_u64(fp, len) && put(fp, t->name, len) && put_u32(fp, t->n_dims);
-        for (uint32_t d = 0; ok && d < t->n_dims; d++) ok = put_u64(fp, t->ne[d]);
-        ok = ok && put_u32(fp, t->type) && put_u64(fp, align_up(off, w->alignment));
+        bool ok = gguf__put_u64(fp, len) && gguf__put(fp, t->name, len) && gguf__put_u32(fp, t->n_dims);
+        for (uint32_t d = 0; ok && d < t->n_dims; d++) ok = gguf__put_u64(fp, t->ne[d]);
+        ok = ok && gguf__put_u32(fp, t->type) && gguf__put_u64(fp, gguf__align_up(off, w->alignment));
         if (!ok) return false;
-        off = align_up(off, w->alignment) + t->nbytes;
+        off = gguf__align_up(off, w->alignment) + t->nbytes;
     }
     long pos = ftell(fp);
-    if (pos < 0 || !put_zeros(fp, align_up((size_t)pos, w->alignment) - (size_t)pos)) return false;
+    if (pos < 0 || !gguf__put_zeros(fp, gguf__align_up((size_t)pos, w->alignment) - (size_t)pos)) return false;
     off = 0;
     for (size_t i = 0; i < w->n_t; i++) {
-        size_t start = align_up(off, w->alignment);
-        if (!put_zeros(fp, start - off) || !put(fp, w->t[i].data, w->t[i].nbytes)) return false;
+        size_t start = gguf__align_up(off, w->alignment);
+        if (!gguf__put_zeros(fp, start - off) || !gguf__put(fp, w->t[i].data, w->t[i].nbytes)) return false;
         off = start + w->t[i].nbytes;
     }
     return true;

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "common/tk_mem.h"
+#include "engine/gguf_internal.h"
 #include "engine/model.h"
 #include "kernels/kern.h"
 
@@ -158,17 +159,6 @@ static int qz_add_tensor(qz_out *o, const char *name, uint32_t type, uint32_t n_
     return 0;
 }
 
-static size_t align_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
-
-static bool put(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n; }
-static bool put_u32(FILE *fp, uint32_t v) { return put(fp, &v, 4); }
-static bool put_u64(FILE *fp, uint64_t v) { return put(fp, &v, 8); }
-static bool put_zeros(FILE *fp, size_t n) {
-    static const uint8_t zeros[256];
-    for (; n > sizeof zeros; n -= sizeof zeros)
-        if (!put(fp, zeros, sizeof zeros)) return false;
-    return put(fp, zeros, n);
-}
 
 static int io_fail(qz_out *o, const char *what) {
     return qz_fail(o->err, o->errlen, ENG_ERR_IO, "%s: %s: %s", o->path, what, strerror(errno));
@@ -181,24 +171,24 @@ static int qz_begin(qz_out *o, const char *path) {
     if (!(o->fp = fopen(path, "wb"))) return io_fail(o, "open");
     setvbuf(o->fp, NULL, _IOFBF, 1 << 20);
     bool extra = o->alignment != GGUF_DEFAULT_ALIGNMENT;
-    bool ok = put(o->fp, "GGUF", 4) && put_u32(o->fp, 3) && put_u64(o->fp, o->n_t) &&
-              put_u64(o->fp, o->n_kv + (extra ? 1 : 0));
+    bool ok = gguf__put(o->fp, "GGUF", 4) && gguf__put_u32(o->fp, 3) && gguf__put_u64(o->fp, o->n_t) &&
+              gguf__put_u64(o->fp, o->n_kv + (extra ? 1 : 0));
     if (ok && extra) {
         static const char key[] = "general.alignment";
-        ok = put_u64(o->fp, sizeof key - 1) && put(o->fp, key, sizeof key - 1) &&
-             put_u32(o->fp, GGUF_TYPE_UINT32) && put_u32(o->fp, (uint32_t)o->alignment);
+        ok = gguf__put_u64(o->fp, sizeof key - 1) && gguf__put(o->fp, key, sizeof key - 1) &&
+             gguf__put_u32(o->fp, GGUF_TYPE_UINT32) && gguf__put_u32(o->fp, (uint32_t)o->alignment);
     }
-    ok = ok && put(o->fp, o->kv, o->kv_len);
+    ok = ok && gguf__put(o->fp, o->kv, o->kv_len);
     size_t off = 0;
     for (size_t i = 0; ok && i < o->n_t; i++) {
         const qz_tensor *t = &o->t[i];
-        ok = put_u64(o->fp, strlen(t->name)) && put(o->fp, t->name, strlen(t->name)) && put_u32(o->fp, t->n_dims);
-        for (uint32_t d = 0; ok && d < t->n_dims; d++) ok = put_u64(o->fp, t->ne[d]);
-        ok = ok && put_u32(o->fp, t->type) && put_u64(o->fp, align_up(off, o->alignment));
-        off = align_up(off, o->alignment) + t->nbytes;
+        ok = gguf__put_u64(o->fp, strlen(t->name)) && gguf__put(o->fp, t->name, strlen(t->name)) && gguf__put_u32(o->fp, t->n_dims);
+        for (uint32_t d = 0; ok && d < t->n_dims; d++) ok = gguf__put_u64(o->fp, t->ne[d]);
+        ok = ok && gguf__put_u32(o->fp, t->type) && gguf__put_u64(o->fp, gguf__align_up(off, o->alignment));
+        off = gguf__align_up(off, o->alignment) + t->nbytes;
     }
     long pos = ok ? ftell(o->fp) : -1;
-    if (pos < 0 || !put_zeros(o->fp, align_up((size_t)pos, o->alignment) - (size_t)pos)) return io_fail(o, "write");
+    if (pos < 0 || !gguf__put_zeros(o->fp, gguf__align_up((size_t)pos, o->alignment) - (size_t)pos)) return io_fail(o, "write");
     o->cur = o->cur_done = 0;
     return 0;
 }
@@ -206,10 +196,10 @@ static int qz_begin(qz_out *o, const char *path) {
 /* Skips finished (and empty) tensors, padding to the next one's aligned offset. */
 static bool qz_advance(qz_out *o) {
     while (o->cur < o->n_t && o->cur_done == o->t[o->cur].nbytes) {
-        size_t pad = align_up(o->t[o->cur].nbytes, o->alignment) - o->t[o->cur].nbytes;
+        size_t pad = gguf__align_up(o->t[o->cur].nbytes, o->alignment) - o->t[o->cur].nbytes;
         o->cur++;
         o->cur_done = 0;
-        if (o->cur < o->n_t && !put_zeros(o->fp, pad)) return false;
+        if (o->cur < o->n_t && !gguf__put_zeros(o->fp, pad)) return false;
     }
     return true;
 }
@@ -222,7 +212,7 @@ static int qz_write(qz_out *o, const void *data, size_t n) {
         if (o->cur >= o->n_t) return qz_fail(o->err, o->errlen, ENG_ERR_INVALID, "%s: more tensor data than declared", o->path);
         size_t take = o->t[o->cur].nbytes - o->cur_done;
         if (take > n) take = n;
-        if (!put(o->fp, p, take)) return io_fail(o, "write");
+        if (!gguf__put(o->fp, p, take)) return io_fail(o, "write");
         o->cur_done += take;
         p += take;
         n -= take;
