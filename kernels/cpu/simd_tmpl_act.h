@@ -328,6 +328,23 @@ static inline void gm_scales(const uint8_t *const w[GM_R], int q41, size_t nb, s
 }
 
 #if VL == 16
+/* 16 bytes at offset wo of each of the 16 rows -> q[k] lane r = bytes 4k..4k+3 of row r
+ * (a 16 x 4 dword transpose by loads and in-lane unpacks; no gathers) */
+static inline __attribute__((always_inline)) void gm_tr16x4(const uint8_t *const w[GM_R], size_t wo, __m512i q[4]) {
+    __m512i a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* 128-bit lane l of a[i]: row 4l + i */
+        __m512i v = _mm512_castsi128_si512(ld128(w[i] + wo));
+        v = _mm512_inserti32x4(v, ld128(w[4 + i] + wo), 1);
+        v = _mm512_inserti32x4(v, ld128(w[8 + i] + wo), 2);
+        a[i] = _mm512_inserti32x4(v, ld128(w[12 + i] + wo), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    q[0] = _mm512_unpacklo_epi64(t0, t2), q[1] = _mm512_unpackhi_epi64(t0, t2);
+    q[2] = _mm512_unpacklo_epi64(t1, t3), q[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
 static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const int q41 = type == KERN_TYPE_Q4_1;
     const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
@@ -356,25 +373,32 @@ static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, cons
     for (size_t o = lo; o < hi; o += GM_R) {
         const int R = hi - o < GM_R ? (int)(hi - o) : GM_R;
         const uint8_t *w[GM_R]; /* rows past R repeat the last one: computed, not stored */
-        int32_t ofs[GM_R];
-        for (int r = 0; r < GM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb, ofs[r] = (int32_t)(w[r] - w[0]);
-        gm_scales(w, q41, nb, wbb, &g);
-        const __m512i vi = _mm512_loadu_si512(ofs);
+        for (int r = 0; r < GM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * rb;
+        const uint8_t *pf, *pf_end;
+        int npf;
+        pf_plan(j, o, GM_R, hi, nb, &pf, &pf_end, &npf);
         for (size_t b = 0; b < nb; b++) {
-            const uint8_t *base = w[0] + b * wbb + xo;
+            const size_t wo = b * wbb + xo;
+            pf_lines(&pf, pf_end, npf);
             if (type == KERN_TYPE_Q8_0) {
-#pragma GCC unroll 8
-                for (int k = 0; k < 8; k++)
-                    pk[b * 8 + k] = _mm512_xor_si512(_mm512_i32gather_epi32(vi, base + 4 * k, 1), _mm512_set1_epi8((char)0x80));
+#pragma GCC unroll 2
+                for (int hf = 0; hf < 2; hf++) {
+                    __m512i q[4];
+                    gm_tr16x4(w, wo + 16 * (size_t)hf, q);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++) pk[b * 8 + 4 * hf + k] = _mm512_xor_si512(q[k], _mm512_set1_epi8((char)0x80));
+                }
             } else {
+                __m512i q[4];
+                gm_tr16x4(w, wo, q);
 #pragma GCC unroll 4
                 for (int k = 0; k < 4; k++) {
-                    const __m512i q = _mm512_i32gather_epi32(vi, base + 4 * k, 1);
-                    pk[b * 8 + k] = _mm512_and_si512(q, _mm512_set1_epi8(0x0f));
-                    pk[b * 8 + k + 4] = _mm512_and_si512(_mm512_srli_epi32(q, 4), _mm512_set1_epi8(0x0f));
+                    pk[b * 8 + k] = _mm512_and_si512(q[k], _mm512_set1_epi8(0x0f));
+                    pk[b * 8 + k + 4] = _mm512_and_si512(_mm512_srli_epi32(q[k], 4), _mm512_set1_epi8(0x0f));
                 }
             }
         }
+        gm_scales(w, q41, nb, wbb, &g); /* after the repack: the tile's lines are in cache */
         for (size_t t0 = 0; t0 < nt; t0 += GM_T) {
             const int T = nt - t0 < GM_T ? (int)(nt - t0) : GM_T;
             size_t tk[GM_T];
