@@ -1,4 +1,5 @@
 /* generate: one request, prefill then decode, on an engine context (see generate.h). */
+#include "common/tk_time.h"
 #include "scheduler/generate.h"
 
 #include <stdio.h>
@@ -15,12 +16,6 @@ typedef struct {
     size_t emitted;  /* bytes already passed to on_text */
     bool stopped;
 } text_state;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Appends bytes, checks stop strings, and emits what is final. */
 static int text_append(text_state *ts, const char *s, size_t n) {
@@ -82,7 +77,7 @@ int sched_generate(eng_ctx *ctx, const eng_model *m, const sched_gen_request *rq
     }
     memcpy(hist, rq->prompt, rq->n_prompt * sizeof(int32_t));
     n_hist = (int32_t)rq->n_prompt;
-    double t0 = now_s();
+    double t0 = tk_now_s();
     /* prefill in chunks; only the last chunk asks for logits */
     for (int32_t done_n = 0; done_n < n_hist;) {
         int32_t n = n_hist - done_n < cp->max_tokens ? n_hist - done_n : cp->max_tokens;
@@ -92,8 +87,8 @@ int sched_generate(eng_ctx *ctx, const eng_model *m, const sched_gen_request *rq
         if ((rc = eng_forward(ctx, &b, logits)) < 0) goto engine_err;
         done_n += n;
     }
-    res->prefill_s = now_s() - t0;
-    t0 = now_s();
+    res->prefill_s = tk_now_s() - t0;
+    t0 = tk_now_s();
     tok_detok dt;
     tok_detok_init(&dt);
     char piece[256];
@@ -127,7 +122,7 @@ int sched_generate(eng_ctx *ctx, const eng_model *m, const sched_gen_request *rq
         if (n > 0 && text_append(&ts, piece, (size_t)n)) goto oom;
         if (ts.len > ts.emitted && rq->on_text) rq->on_text(rq->ud, ts.text + ts.emitted, ts.len - ts.emitted);
     }
-    res->decode_s = now_s() - t0;
+    res->decode_s = tk_now_s() - t0;
     rc = 0;
     goto done;
 no_blocks:

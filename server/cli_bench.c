@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/tk_time.h"
 #include "common/tk_log.h"
 #include "common/tk_mem.h"
 #include "engine/model.h"
@@ -60,32 +61,21 @@ typedef struct {
     eng_mkmodel_spec shape;
 } bench;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Median seconds per call of fn over repeated calls (one warm-up first) lasting about
  * min_time, at least 3 calls unless one call alone exceeds min_time. */
 static double time_median(void (*fn)(void *), void *ctx, double min_time) {
     double t[BENCH_MAX_REPS];
     int n = 0;
     fn(ctx);
-    double start = now_s();
+    double start = tk_now_s();
     while (n < BENCH_MAX_REPS) {
-        double t0 = now_s();
+        double t0 = tk_now_s();
         fn(ctx);
-        t[n++] = now_s() - t0;
-        double spent = now_s() - start;
+        t[n++] = tk_now_s() - t0;
+        double spent = tk_now_s() - start;
         if (spent >= min_time && (n >= 3 || spent >= min_time * 2)) break;
     }
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    qsort(t, (size_t)n, sizeof t[0], tk_cmp_double);
     return t[n / 2];
 }
 
@@ -345,12 +335,12 @@ static eng_model *load_random_model(bench *b, char *err, size_t errlen) {
     s.type = b->o->model_type;
     s.n_threads = b->o->threads;
     s.name = b->o->shape;
-    double t0 = now_s();
+    double t0 = tk_now_s();
     eng_model *m = NULL;
     if (eng_mkmodel_write(&s, path, err, errlen) == 0 && eng_model_load(path, &m, err, errlen) != 0) m = NULL;
     unlink(path);
     if (m) fprintf(b->tab, "  (random %s %s model written and loaded in %.1f s)\n", b->o->shape,
-                   kern_type_name(s.type), now_s() - t0);
+                   kern_type_name(s.type), tk_now_s() - t0);
     return m;
 }
 
@@ -411,9 +401,9 @@ static int step_prefill(bench *b, eng_ctx *c, const eng_model *m, cJSON *js, flo
     for (int32_t i = 0; i < P; i++) toks[i] = (int32_t)((i * 7919 + 3) % (int32_t)eng_model_hparams(m)->n_vocab);
     eng_seq_step sq = {table, 0, P, ENG_LOGITS_LAST};
     step_job j = {c, {toks, P, &sq, 1}, logits, 0};
-    double t0 = now_s();
+    double t0 = tk_now_s();
     step_call(&j); /* one run: a prefill takes seconds on a few cores */
-    double sec = now_s() - t0;
+    double sec = tk_now_s() - t0;
     if (!j.rc && sec < b->o->min_time) sec = time_median(step_call, &j, b->o->min_time);
     tk_free(toks);
     if (j.rc) return j.rc;
@@ -641,15 +631,15 @@ int cli_bench(int argc, char **argv) {
     jnum(b.json, "threads", kern_pool_size(b.pool));
     cJSON_AddStringToObject(b.json, "shape", o.shape);
     cJSON_AddBoolToObject(b.json, "quick", o.quick);
-    double t0 = now_s();
+    double t0 = tk_now_s();
     if (b.buf) kern_membw_touch(b.pool, b.buf, b.buf_bytes, 1);
     if (o.sections & SEC_BW) sec_bw(&b);
     if (o.sections & SEC_PEAK) sec_peak(&b);
     if (o.sections & SEC_MATMUL) sec_matmul(&b);
     if (o.sections & SEC_ATTN) sec_attn(&b);
     status = (o.sections & SEC_STEP) ? sec_step(&b) : 0;
-    jnum(b.json, "seconds", now_s() - t0);
-    fprintf(b.tab, "\n(%.1f s)\n", now_s() - t0);
+    jnum(b.json, "seconds", tk_now_s() - t0);
+    fprintf(b.tab, "\n(%.1f s)\n", tk_now_s() - t0);
     if (o.json) {
         char *s = cJSON_Print(b.json);
         if (s) printf("%s\n", s);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common/tk_time.h"
 #include "common/tk_log.h"
 #include "engine/model.h"
 #include "engine/quantize.h"
@@ -31,12 +32,6 @@ static int parse_type_opt(const char *what, const char *s, uint32_t *t) {
     if (eng_quant_type_parse(s, t) == 0) return 0;
     fprintf(stderr, "tokd quantize: %s: unknown type '%s' (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, F16, BF16, F32)\n", what, s);
     return -1;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 int cli_quantize(int argc, char **argv) {
@@ -80,7 +75,7 @@ int cli_quantize(int argc, char **argv) {
     tk_log_set_level(TK_LOG_WARN); /* no kernel start-up chatter in a tool's output */
     char err[512] = "";
     eng_quant_stats st;
-    double t0 = now_s();
+    double t0 = tk_now_s();
     int rc = eng_quantize_file(in, out, &p, &st, err, sizeof err);
     if (rc) {
         fprintf(stderr, "tokd quantize: %s\n", err);
@@ -88,6 +83,6 @@ int cli_quantize(int argc, char **argv) {
     }
     fprintf(stderr, "%s -> %s (%s): %zu tensors, %zu re-encoded (%zu by the width fallback), %.1f MiB -> %.1f MiB in %.1f s\n",
             in, out, kern_type_name(p.type), st.n_tensors, st.n_converted, st.n_fallback,
-            (double)st.bytes_in / 1048576.0, (double)st.bytes_out / 1048576.0, now_s() - t0);
+            (double)st.bytes_in / 1048576.0, (double)st.bytes_out / 1048576.0, tk_now_s() - t0);
     return 0;
 }

@@ -3,6 +3,7 @@
  * decode step only reads its weights; the sum is returned so the compiler keeps the loads.
  * `tokd bench` uses it for the floor of a decode step: (weight + KV bytes) / bandwidth. For a
  * DRAM figure the buffer must be much larger than the last-level cache. */
+#include "common/tk_time.h"
 #include "kernels/kern.h"
 
 #include <stdatomic.h>
@@ -75,17 +76,6 @@ void kern_membw_touch(kern_pool *p, void *buf, size_t bytes, uint8_t value) {
     memset((uint8_t *)buf + bytes / 8 * 8, value, bytes % 8);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Keeps the sums observable so the compiler cannot drop the reads. */
 volatile uint64_t kern__membw_sink;
 
@@ -96,11 +86,11 @@ double kern_membw_measure(kern_pool *p, const void *buf, size_t bytes, int runs)
     if (runs > MAX_RUNS) runs = MAX_RUNS;
     kern__membw_sink += kern_membw_read(p, buf, bytes); /* warm-up: wakes the pool, maps TLB entries */
     for (int r = 0; r < runs; r++) {
-        double t0 = now_s();
+        double t0 = tk_now_s();
         kern__membw_sink += kern_membw_read(p, buf, bytes);
-        double dt = now_s() - t0;
+        double dt = tk_now_s() - t0;
         gbs[r] = dt > 0 ? (double)(bytes / 8 * 8) / dt * 1e-9 : 0;
     }
-    qsort(gbs, (size_t)runs, sizeof gbs[0], cmp_double);
+    qsort(gbs, (size_t)runs, sizeof gbs[0], tk_cmp_double);
     return gbs[runs / 2];
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/tk_time.h"
 #include "common/tk_log.h"
 #include "common/tk_mem.h"
 #include "engine/gguf.h"
@@ -476,12 +477,6 @@ START_TEST(test_specials_smollm2) {
 }
 END_TEST
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Not a benchmark: a loose bound that catches quadratic behaviour on a 10 KB text. */
 START_TEST(test_encode_10kb_fast) {
     static const char *const names[] = {"ggml-vocab-llama-spm.gguf", "ggml-vocab-starcoder.gguf"};
@@ -495,9 +490,9 @@ START_TEST(test_encode_10kb_fast) {
         tok_vocab *v = load_shared(names[k]);
         int32_t *ids;
         size_t n;
-        double t0 = now_s();
+        double t0 = tk_now_s();
         ck_assert_int_eq(encode(v, text, len, true, true, &ids, &n), 0);
-        double dt = now_s() - t0;
+        double dt = tk_now_s() - t0;
         fprintf(stderr, "%s: %zu bytes -> %zu tokens in %.2f ms\n", names[k], len, n, dt * 1e3);
         ck_assert_msg(dt < 2.0, "encoding 10 KB took %.3f s", dt);
         free(ids);
