@@ -17,7 +17,24 @@ typedef struct {
     const uint8_t *Xq;        /* (n_tok, act_bytes): X quantised to `act`, NULL when act is F32 */
     float *Y;                 /* (n_tok, n_out) */
     size_t n_in, n_out, n_tok;
+    void *scratch;            /* this thread's kern__act_scratch_bytes(n_in, n_tok) bytes, 64-byte aligned,
+                               * for the quantised-activation GEMM (n_tok > 1); NULL: none (that GEMM
+                               * then runs one token at a time, same results) */
 } kern__mm;
+
+/* Bytes of kern__mm.scratch, laid out as: the repacked row tile (nb * 8 64-byte vectors, used by
+ * AVX-512), then floats dx, sx (n_tok * nb each) and the row tile's scales wd, wm (nb * 16 each),
+ * then int32 cx (n_tok * nb); nb = n_in / 32 blocks. 16 is the largest row tile (GM_R). */
+static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
+    const size_t nb = n_in / 32;
+    return nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t);
+}
+
+/* Thread ith's scratch of pool p (pool.c), grown to at least `bytes` (it only grows, so a
+ * steady state allocates nothing) and 64-byte aligned; freed by kern_pool_destroy. NULL when p
+ * is NULL or memory runs out. Runs on pool thread ith, inside a job: each slot is touched by
+ * its own thread only. */
+void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes);
 
 /* Kernels of one ISA level. Every entry is set (the scalar table is the fallback). */
 typedef struct {

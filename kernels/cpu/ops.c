@@ -6,8 +6,11 @@
 #include "kernels/kern.h"
 #include "kernels/cpu/cpu_internal.h"
 
+#include "common/tk_mem.h"
+
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,17 +77,23 @@ static void mm_f32_scalar(const kern__mm *j, size_t lo, size_t hi) {
 typedef struct {
     kern__mm mm[MM_MAX_OPS];
     int n;
-    size_t rows; /* sum of the n_out */
+    size_t rows;          /* sum of the n_out */
+    kern_pool *pool;      /* owner of the per-thread scratch; NULL: a single-thread call */
+    size_t scratch_bytes; /* per thread, kern__act_scratch_bytes; 0 when no kernel needs one */
+    void *scratch;        /* for a NULL pool: the call's own scratch (or NULL) */
 } mm_job;
 
 static void matmul_worker(void *ctx, int ith, int nth) {
     const mm_job *j = ctx;
     size_t lo, hi, base = 0;
     split_range(j->rows, ith, nth, 16, &lo, &hi);
+    void *scratch = NULL;
+    if (j->scratch_bytes && lo < hi) scratch = j->pool ? kern__pool_scratch(j->pool, ith, j->scratch_bytes) : j->scratch;
     for (int i = 0; i < j->n && lo < hi; base += j->mm[i].n_out, i++) {
-        const kern__mm *m = &j->mm[i];
-        size_t a = lo > base ? lo - base : 0, b = hi - base < m->n_out ? hi - base : m->n_out;
-        if (hi > base && a < b) (m->Xq ? kern__cur->mm_act : kern__cur->mm_f32)(m, a, b);
+        kern__mm m = j->mm[i];
+        m.scratch = scratch;
+        size_t a = lo > base ? lo - base : 0, b = hi - base < m.n_out ? hi - base : m.n_out;
+        if (hi > base && a < b) (m.Xq ? kern__cur->mm_act : kern__cur->mm_f32)(&m, a, b);
     }
 }
 
@@ -111,18 +120,24 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
             kern_matmul(p, outs[i].wtype, outs[i].W, X, outs[i].Y, n_in, outs[i].n_out, n_tok, scratch);
         return;
     }
-    mm_job j = {.n = n};
+    mm_job j = {.n = n, .pool = p};
     for (int i = 0; i < n; i++) {
         j.mm[i] = (kern__mm){outs[i].wtype, act, outs[i].W, kern_row_bytes(outs[i].wtype, n_in), kern_act_row_bytes(act, n_in),
-                             X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok};
+                             X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok, NULL};
         j.rows += outs[i].n_out;
     }
+    void *raw = NULL;
     if (act != KERN_TYPE_F32) { /* X quantised once, for every op */
         for (int i = 0; i < n; i++) j.mm[i].Xq = scratch;
         if (n_tok >= 4) kern_pool_run(p, quant_act_worker, &j.mm[0]); /* a job of its own: the pool has no barrier */
         else quant_act_worker(&j.mm[0], 0, 1);
+        if (n_tok > 1) j.scratch_bytes = kern__act_scratch_bytes(n_in, n_tok);
+        /* Without a pool (tests, tools; not the forward pass) the GEMM's scratch is this call's */
+        if (j.scratch_bytes && !p && (raw = tk_malloc(j.scratch_bytes + 63)))
+            j.scratch = (void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
     }
     kern_pool_run(p, matmul_worker, &j);
+    tk_free(raw);
 }
 
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,

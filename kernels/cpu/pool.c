@@ -1,16 +1,25 @@
 /* kern_pool: a persistent thread pool for the forward pass. One job at a time: the caller
  * publishes fn/ctx and bumps a generation counter; workers (spinning briefly, then sleeping on
  * a condition variable) run their share and count down. The caller runs share 0 itself, so
- * a 1-thread pool is a plain function call. No allocation per job. */
+ * a 1-thread pool is a plain function call. No allocation per job; each thread also owns a
+ * scratch buffer for kernels (kern__pool_scratch) that grows to the largest size asked for. */
 #include "kernels/kern.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "common/tk_mem.h"
 
 #define POOL_SPIN_ITERS 20000
+
+/* One thread's scratch: buf is raw rounded up to 64 bytes, with `bytes` usable */
+typedef struct {
+    void *raw, *buf;
+    size_t bytes;
+} pool_scratch;
 
 struct kern_pool {
     int n_threads;
@@ -23,6 +32,7 @@ struct kern_pool {
     atomic_int pending;     /* workers still running the current job */
     atomic_int sleeping;    /* workers in (or about to enter) pthread_cond_wait */
     atomic_bool stop;
+    pool_scratch *scratch; /* [n_threads]: slot i used only by thread i (0: the caller) */
 };
 
 typedef struct {
@@ -71,7 +81,8 @@ kern_pool *kern_pool_new(int n_threads) {
     if (!p) return NULL;
     p->n_threads = n_threads;
     p->threads = tk_calloc((size_t)n_threads, sizeof(pthread_t) + sizeof(worker_arg));
-    if (!p->threads) goto fail;
+    p->scratch = tk_calloc((size_t)n_threads, sizeof(pool_scratch));
+    if (!p->threads || !p->scratch) goto fail;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     atomic_init(&p->generation, 0);
@@ -89,6 +100,8 @@ kern_pool *kern_pool_new(int n_threads) {
     }
     return p;
 fail:
+    tk_free(p->threads);
+    tk_free(p->scratch);
     tk_free(p);
     return NULL;
 }
@@ -102,8 +115,24 @@ void kern_pool_destroy(kern_pool *p) {
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    for (int i = 0; i < p->n_threads; i++) tk_free(p->scratch[i].raw);
+    tk_free(p->scratch);
     tk_free(p->threads);
     tk_free(p);
+}
+
+void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes) {
+    if (!p) return NULL;
+    pool_scratch *s = &p->scratch[ith];
+    if (bytes <= s->bytes) return s->buf;
+    size_t n = bytes > 2 * s->bytes ? bytes : 2 * s->bytes; /* doubling: few regrowths */
+    void *raw = n <= SIZE_MAX - 63 ? tk_malloc(n + 63) : NULL;
+    if (!raw) return NULL; /* the old buffer stays for smaller requests */
+    tk_free(s->raw);
+    s->raw = raw;
+    s->buf = (void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    s->bytes = n;
+    return s->buf;
 }
 
 int kern_pool_size(const kern_pool *p) { return p ? p->n_threads : 1; }

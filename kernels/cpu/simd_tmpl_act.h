@@ -292,22 +292,21 @@ static inline __attribute__((always_inline)) void act_gemv16(uint32_t type, cons
 #define GM_T 4
 #define GM_R 8
 #endif
+_Static_assert(GM_R <= 16, "kern__act_scratch_bytes sizes wd and wm for 16-row tiles");
 
 typedef struct {
     float *dx, *sx, *wd, *wm; /* dx, sx: [t * nb + b]; wd, wm: [b * GM_R + r] */
     int32_t *cx;
+    void *pk; /* the repacked row tile (AVX-512), 64-byte aligned */
 } gm_buf;
 
-/* Per token and block of Xq: scale, Q8_1's s, and kc * sum(x). NULL on allocation failure. */
-static int gm_prep(const kern__mm *j, int q41, int kc, size_t nb, gm_buf *g) {
+/* Carves j->scratch (laid out as kern__act_scratch_bytes says) and fills, per token and block
+ * of Xq: scale, Q8_1's s, and kc * sum(x). */
+static void gm_prep(const kern__mm *j, int q41, int kc, size_t nb, gm_buf *g) {
     const size_t nt = j->n_tok, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2;
-    float *f = malloc((2 * nt * nb + 2 * nb * GM_R) * sizeof(float));
-    int32_t *c = malloc(nt * nb * sizeof(int32_t));
-    if (!f || !c) {
-        free(f), free(c);
-        return -1;
-    }
-    g->dx = f, g->sx = f + nt * nb, g->wd = f + 2 * nt * nb, g->wm = g->wd + nb * GM_R, g->cx = c;
+    g->pk = j->scratch;
+    g->dx = (float *)((uint8_t *)j->scratch + nb * 8 * 64), g->sx = g->dx + nt * nb;
+    g->wd = g->sx + nt * nb, g->wm = g->wd + nb * 16, g->cx = (int32_t *)(g->wm + nb * 16);
     for (size_t t = 0; t < nt; t++)
         for (size_t b = 0; b < nb; b++) {
             const uint8_t *xb = j->Xq + t * j->act_bytes + b * xbb;
@@ -315,7 +314,6 @@ static int gm_prep(const kern__mm *j, int q41, int kc, size_t nb, gm_buf *g) {
             g->sx[t * nb + b] = q41 ? h2f(xb + 2) : 0.0f;
             g->cx[t * nb + b] = kc ? kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
         }
-    return 0;
 }
 
 /* The row tile's scales (and Q4_1 mins) as floats, block by block */
@@ -350,26 +348,18 @@ static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, cons
     const size_t nb = j->n_in / CH, wbb = type == KERN_TYPE_Q8_0 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
     const size_t rb = j->row_bytes, xo = q41 ? 4 : 2, nt = j->n_tok;
     const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    if (!j->scratch) { /* no scratch (no memory): one token at a time, same results */
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            act_gemv16(type, &one, lo, hi);
+        }
+        return;
+    }
     gm_buf g;
-    if (gm_prep(j, q41, kc, nb, &g)) { /* no memory: one token at a time, same results */
-        for (size_t t = 0; t < nt; t++) {
-            kern__mm one = *j;
-            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
-            act_gemv16(type, &one, lo, hi);
-        }
-        return;
-    }
+    gm_prep(j, q41, kc, nb, &g);
     /* the row tile repacked: per block, 8 zmm, zmm k lane r = unsigned bytes 4k..4k+3 of row r */
-    __m512i *pk = aligned_alloc(64, nb * 8 * sizeof(__m512i));
-    if (!pk) {
-        free(g.dx), free(g.cx);
-        for (size_t t = 0; t < nt; t++) {
-            kern__mm one = *j;
-            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
-            act_gemv16(type, &one, lo, hi);
-        }
-        return;
-    }
+    __m512i *pk = g.pk;
     for (size_t o = lo; o < hi; o += GM_R) {
         const int R = hi - o < GM_R ? (int)(hi - o) : GM_R;
         const uint8_t *w[GM_R]; /* rows past R repeat the last one: computed, not stored */
@@ -439,7 +429,6 @@ static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, cons
             }
         }
     }
-    free(pk), free(g.dx), free(g.cx);
 }
 #define ACT_GEMM act_gemm16
 #else
@@ -448,8 +437,7 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
     const size_t nb = j->n_in / CH, wbb = q8 ? 34 : q41 ? 20 : 18, xbb = q41 ? 36 : 34;
     const size_t rb = j->row_bytes, xo = q41 ? 4 : 2, nt = j->n_tok;
     const int kc = type == KERN_TYPE_Q4_0 ? 8 : 0;
-    gm_buf g;
-    if (gm_prep(j, q41, kc, nb, &g)) { /* no memory: one token at a time, same results */
+    if (!j->scratch) { /* no scratch (no memory): one token at a time, same results */
         for (size_t t = 0; t < nt; t++) {
             kern__mm one = *j;
             one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
@@ -457,6 +445,8 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
         }
         return;
     }
+    gm_buf g;
+    gm_prep(j, q41, kc, nb, &g);
     for (size_t o = lo; o < hi; o += GM_R) {
         const int R = hi - o < GM_R ? (int)(hi - o) : GM_R;
         const uint8_t *w[GM_R]; /* rows past R repeat the last one: computed, not stored */
@@ -508,7 +498,6 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
             }
         }
     }
-    free(g.dx), free(g.cx);
 }
 #define ACT_GEMM act_gemm
 #endif
