@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common/tk_mem.h"
 #include "engine/forward_cuda.h"
@@ -31,6 +33,10 @@ struct eng_ctx {
     float *rope_cs;       /* (T, n_rot) kern_rope_table of each batch token's position (all layers) */
     int32_t *logit_rows;  /* (max_logits) batch token index of each logits row */
     void *mm_scratch;     /* quantised activations for kern_matmul */
+    eng_layer *layers;    /* (n_layer) the model's layer table, matmul weights swapped for packed ones */
+    eng_weight output;    /* likewise the model's output matrix */
+    void *packed_raw;     /* this context's packed weights (kern_pack; quant_act on a level with packed
+                             kernels), one allocation */
     eng_cuda *cuda;       /* device = 1: weights, KV cache and activations on the GPU (forward_cuda.c);
                              the host KV cache is then not allocated */
     char last_error[256];
@@ -63,6 +69,52 @@ static int ctx_alloc(eng_ctx *c) {
         return ENG_ERR_NOMEM;
     size_t max_in = hp->n_ff > wide ? hp->n_ff : wide;
     if (c->p.quant_act && !(c->mm_scratch = tk_malloc(kern_matmul_scratch_bytes(max_in, T)))) return ENG_ERR_NOMEM;
+    return 0;
+}
+
+/* The context's view of the matmul weights: the model's, or (8-bit activations on a CPU level
+ * with packed kernels) its own packed copy of every matrix that packs, made once here with the
+ * pool. The model stays immutable; the map pages of the packed matrices are dropped
+ * (MADV_DONTNEED on a read-only file map: they read back from the file if anything touches
+ * them again), so memory does not double. Packed results are bitwise the plain ones. */
+static int ctx_weights(eng_ctx *c) {
+    const eng_model *m = c->m;
+    const uint32_t L = m->hp.n_layer;
+    if (!(c->layers = tk_malloc((size_t)L * sizeof *c->layers))) return ENG_ERR_NOMEM;
+    memcpy(c->layers, m->layers, (size_t)L * sizeof *c->layers);
+    c->output = m->output;
+    if (!c->p.quant_act || c->p.device != 0) return 0;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t total = 0;
+    uint8_t *base = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (uint32_t l = 0; l <= L; l++) {
+            eng_layer *ly = l < L ? &c->layers[l] : NULL;
+            eng_weight *ws[7] = {&c->output};
+            int n = 1;
+            if (ly) ws[0] = &ly->wq, ws[1] = &ly->wk, ws[2] = &ly->wv, ws[3] = &ly->wo, ws[4] = &ly->w_gate,
+                ws[5] = &ly->w_up, ws[6] = &ly->w_down, n = 7;
+            for (int i = 0; i < n; i++) {
+                eng_weight *w = ws[i];
+                if (!kern_pack_supported(w->type, w->ne0, w->ne1)) continue;
+                const size_t bytes = kern_row_bytes(w->type, w->ne0) * w->ne1;
+                if (pass == 1) {
+                    kern_pack(c->pool, w->type, w->data, base + off, w->ne0, w->ne1);
+                    uintptr_t a = ((uintptr_t)w->data + page - 1) & ~(uintptr_t)(page - 1);
+                    uintptr_t b = ((uintptr_t)w->data + bytes) & ~(uintptr_t)(page - 1);
+                    if (w->data != m->tok_embd.data && b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+                    w->data = base + off, w->type |= KERN_PACKED;
+                }
+                off += (bytes + 63) & ~(size_t)63;
+            }
+        }
+        if (pass == 0) {
+            if (!(total = off)) return 0;
+            if (!(c->packed_raw = tk_malloc(total + 63))) return ENG_ERR_NOMEM;
+            base = (uint8_t *)(((uintptr_t)c->packed_raw + 63) & ~(uintptr_t)63);
+        }
+    }
     return 0;
 }
 
@@ -101,7 +153,7 @@ int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char
     }
     rc = ENG_ERR_NOMEM;
     /* the CUDA backend needs no compute threads: a pool of one keeps the host side cheap */
-    if (!(c->pool = kern_pool_new(c->p.device == 1 ? 1 : c->p.n_threads)) || ctx_alloc(c) != 0) {
+    if (!(c->pool = kern_pool_new(c->p.device == 1 ? 1 : c->p.n_threads)) || ctx_alloc(c) != 0 || ctx_weights(c) != 0) {
         if (err) snprintf(err, errlen, "engine context: out of memory");
         goto fail;
     }
@@ -130,6 +182,8 @@ void eng_ctx_destroy(eng_ctx *c) {
     tk_free(c->tok_pos);
     tk_free(c->logit_rows);
     tk_free(c->mm_scratch);
+    tk_free(c->layers);
+    tk_free(c->packed_raw);
     kern_pool_destroy(c->pool);
     tk_free(c);
 }
@@ -222,30 +276,64 @@ static void attn_worker(void *ctx, int ith, int nth) {
     }
 }
 
-static void add_bias(float *x, const float *bias, size_t T, size_t n) {
-    if (!bias) return;
-    for (size_t t = 0; t < T; t++) kern_add(x + t * n, bias, n);
+/* ---- per-token work between the matmuls, split across the pool by tokens ----
+ * Every phase treats each token on its own (the same calls whatever the split), so the
+ * results do not depend on the batch; a step of a few tokens runs it on the calling thread. */
+enum { PH_ATTN_NORM, PH_QKV_POST, PH_ATTN_OUT, PH_FFN_ACT, PH_FFN_OUT };
+
+typedef struct {
+    eng_ctx *c;
+    const eng_batch *b;
+    const eng_layer *ly;
+    uint32_t il;
+    int phase;
+} tok_job;
+
+static void tok_phase(const tok_job *j, size_t t0, size_t t1) {
+    eng_ctx *c = j->c;
+    const eng_layer *ly = j->ly;
+    const eng_hparams *hp = &c->m->hp;
+    const size_t E = hp->n_embd, hd = hp->head_dim, q_dim = (size_t)hp->n_head * hd, F = hp->n_ff;
+    const bool neox = c->m->traits.rope_neox;
+    for (size_t t = t0; t < t1; t++) switch (j->phase) {
+        case PH_ATTN_NORM: kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->attn_norm, E, hp->rms_eps); break;
+        case PH_QKV_POST: { /* biases, per-head q/k norm (qwen3), RoPE at the token's position, K/V into the cache */
+            float *q = c->q + t * q_dim, *k = c->k + t * c->kv_row, *v = c->v + t * c->kv_row;
+            if (ly->bq) kern_add(q, ly->bq, q_dim);
+            if (ly->bk) kern_add(k, ly->bk, c->kv_row);
+            if (ly->bv) kern_add(v, ly->bv, c->kv_row);
+            const float *cs = c->rope_cs + t * hp->n_rot; /* this token's angles (eng_forward) */
+            for (uint32_t h = 0; h < hp->n_head; h++) {
+                if (ly->q_norm) kern_rmsnorm(q + h * hd, q + h * hd, ly->q_norm, hd, hp->rms_eps);
+                kern_rope_apply(q + h * hd, cs, hp->n_rot, neox);
+            }
+            for (uint32_t h = 0; h < hp->n_head_kv; h++) {
+                if (ly->k_norm) kern_rmsnorm(k + h * hd, k + h * hd, ly->k_norm, hd, hp->rms_eps);
+                kern_rope_apply(k + h * hd, cs, hp->n_rot, neox);
+            }
+            kern_kv_store(c->k_cache[j->il], c->v_cache[j->il], c->p.kv_type, (size_t)c->p.block_size, hp->n_head_kv, hd,
+                          j->b->seqs[c->tok_seq[t]].block_table, c->tok_pos[t], k, v);
+            break;
+        }
+        case PH_ATTN_OUT: /* residual, then the feed-forward norm */
+            kern_add(c->x + t * E, c->tmp + t * E, E);
+            kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->ffn_norm, E, hp->rms_eps);
+            break;
+        case PH_FFN_ACT: kern_swiglu(c->gate + t * F, c->gate + t * F, c->up + t * F, F); break;
+        case PH_FFN_OUT: kern_add(c->x + t * E, c->tmp + t * E, E); break;
+        }
 }
 
-/* Per-head q/k norm (qwen3), then RoPE at each token's position, then K/V into the cache. */
-static void qk_rope_store(eng_ctx *c, const eng_layer *ly, const eng_batch *b, uint32_t il) {
-    const eng_hparams *hp = &c->m->hp;
-    size_t hd = hp->head_dim, q_dim = (size_t)hp->n_head * hd;
-    bool neox = c->m->traits.rope_neox;
-    for (int32_t t = 0; t < b->n_tokens; t++) {
-        float *q = c->q + t * q_dim, *k = c->k + t * c->kv_row;
-        const float *cs = c->rope_cs + (size_t)t * hp->n_rot; /* this token's angles (eng_forward) */
-        for (uint32_t h = 0; h < hp->n_head; h++) {
-            if (ly->q_norm) kern_rmsnorm(q + h * hd, q + h * hd, ly->q_norm, hd, hp->rms_eps);
-            kern_rope_apply(q + h * hd, cs, hp->n_rot, neox);
-        }
-        for (uint32_t h = 0; h < hp->n_head_kv; h++) {
-            if (ly->k_norm) kern_rmsnorm(k + h * hd, k + h * hd, ly->k_norm, hd, hp->rms_eps);
-            kern_rope_apply(k + h * hd, cs, hp->n_rot, neox);
-        }
-        kern_kv_store(c->k_cache[il], c->v_cache[il], c->p.kv_type, (size_t)c->p.block_size, hp->n_head_kv, hd,
-                      b->seqs[c->tok_seq[t]].block_table, c->tok_pos[t], k, c->v + t * c->kv_row);
-    }
+static void tok_worker(void *ctx, int ith, int nth) {
+    const tok_job *j = ctx;
+    size_t T = (size_t)j->b->n_tokens;
+    tok_phase(j, T * (size_t)ith / (size_t)nth, T * (size_t)(ith + 1) / (size_t)nth);
+}
+
+static void tok_run(eng_ctx *c, const eng_batch *b, const eng_layer *ly, uint32_t il, int phase) {
+    tok_job j = {c, b, ly, il, phase};
+    if (b->n_tokens >= 4) kern_pool_run(c->pool, tok_worker, &j);
+    else tok_phase(&j, 0, (size_t)b->n_tokens);
 }
 
 static void mm(eng_ctx *c, const eng_weight *w, const float *x, float *y, size_t T) {
@@ -267,26 +355,21 @@ static void mm3(eng_ctx *c, const eng_weight *w0, float *y0, const eng_weight *w
 }
 
 static void layer_forward(eng_ctx *c, const eng_batch *b, uint32_t il) {
-    const eng_hparams *hp = &c->m->hp;
-    const eng_layer *ly = &c->m->layers[il];
-    size_t T = (size_t)b->n_tokens, E = hp->n_embd, q_dim = (size_t)hp->n_head * hp->head_dim;
+    const eng_layer *ly = &c->layers[il];
+    size_t T = (size_t)b->n_tokens;
     /* attention block */
-    for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->attn_norm, E, hp->rms_eps);
+    tok_run(c, b, ly, il, PH_ATTN_NORM);
     mm3(c, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v, c->xn, T); /* one job for Q, K and V */
-    add_bias(c->q, ly->bq, T, q_dim);
-    add_bias(c->k, ly->bk, T, c->kv_row);
-    add_bias(c->v, ly->bv, T, c->kv_row);
-    qk_rope_store(c, ly, b, il);
+    tok_run(c, b, ly, il, PH_QKV_POST);
     attn_job aj = {c, b, il};
     kern_pool_run(c->pool, attn_worker, &aj);
     mm(c, &ly->wo, c->attn, c->tmp, T);
-    kern_add(c->x, c->tmp, T * E);
     /* feed-forward block (SwiGLU) */
-    for (size_t t = 0; t < T; t++) kern_rmsnorm(c->xn + t * E, c->x + t * E, ly->ffn_norm, E, hp->rms_eps);
+    tok_run(c, b, ly, il, PH_ATTN_OUT);
     mm2(c, &ly->w_gate, c->gate, &ly->w_up, c->up, c->xn, T); /* one job for gate and up */
-    kern_swiglu(c->gate, c->gate, c->up, T * hp->n_ff);
+    tok_run(c, b, ly, il, PH_FFN_ACT);
     mm(c, &ly->w_down, c->gate, c->tmp, T);
-    kern_add(c->x, c->tmp, T * E);
+    tok_run(c, b, ly, il, PH_FFN_OUT);
 }
 
 int eng_forward(eng_ctx *c, const eng_batch *b, float *logits) {
@@ -307,6 +390,6 @@ int eng_forward(eng_ctx *c, const eng_batch *b, float *logits) {
     if (n_rows == 0) return 0;
     for (int r = 0; r < n_rows; r++) /* final norm of the rows that want logits */
         kern_rmsnorm(c->xn + r * E, c->x + (size_t)c->logit_rows[r] * E, m->out_norm, E, m->hp.rms_eps);
-    mm(c, &m->output, c->xn, logits, (size_t)n_rows);
+    mm(c, &c->output, c->xn, logits, (size_t)n_rows);
     return n_rows;
 }

@@ -105,6 +105,20 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
 void kern_matmul_ref(uint32_t wtype, const void *W, const float *X, float *Y, size_t n_in,
                      size_t n_out, size_t n_tok, bool quant_act);
 
+/* Packed weights. kern_pack rearranges a Q8_0/Q4_0/Q4_1 matrix (n_out a multiple of
+ * KERN_PACK_ROWS) in tiles of 16 rows that the AVX-512 quantised-activation kernels stream
+ * without gathers or transposes (layout: kernels/cpu/pack.c); same size as the plain rows.
+ * kern_matmul / kern_matmul_multi take it as wtype | KERN_PACKED, with bitwise the plain
+ * matrix's results (levels without packed kernels unpack row by row). kern_pack_supported:
+ * whether the current level has packed kernels for this type and shape (else packing gains
+ * nothing). kern_pack returns 0, or -1 for a type or shape it does not pack. */
+#define KERN_PACKED 0x100u
+#define KERN_PACK_ROWS 16
+bool kern_pack_supported(uint32_t wtype, size_t n_in, size_t n_out);
+int kern_pack(kern_pool *p, uint32_t wtype, const void *W, void *out, size_t n_in, size_t n_out);
+/* Row `row` of a packed matrix back in the plain row format. */
+void kern_unpack_row(uint32_t wtype, const void *Wp, size_t n_in, size_t row, void *out);
+
 /* Activation formats: the type X is quantised to for a weight type (KERN_TYPE_Q8_0,
  * KERN_ACT_Q8_1, or KERN_TYPE_F32 when X stays f32). */
 #define KERN_ACT_Q8_1 9 /* ggml's Q8_1: f16 d, f16 s (= d * sum q), int8 qs[32] */

@@ -193,11 +193,13 @@ done:
 static void matmul_row(bench *b, cJSON *arr, mm_job *j, double min_time) {
     double s = time_median(mm_call, j, min_time);
     double gbs = (double)j->w_bytes / s * 1e-9, gf = 2.0 * (double)(j->n_in * j->n_out * j->n_tok) / s * 1e-9;
-    double fbw = b->bw_gbs > 0 ? gbs / b->bw_gbs : NAN, fpk = b->peak[j->type] > 0 ? gf / b->peak[j->type] : NAN;
-    fprintf(b->tab, "  %-5s %5zu %9.3f %8.1f %7.2f %9.1f %7.2f\n", kern_type_name(j->type), j->n_tok, s * 1e3, gbs,
-            fbw, gf, fpk);
+    const uint32_t base = j->type & ~KERN_PACKED;
+    double fbw = b->bw_gbs > 0 ? gbs / b->bw_gbs : NAN, fpk = b->peak[base] > 0 ? gf / b->peak[base] : NAN;
+    char name[16];
+    snprintf(name, sizeof name, "%s%s", kern_type_name(base), j->type & KERN_PACKED ? "p" : "");
+    fprintf(b->tab, "  %-5s %5zu %9.3f %8.1f %7.2f %9.1f %7.2f\n", name, j->n_tok, s * 1e3, gbs, fbw, gf, fpk);
     cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "type", kern_type_name(j->type));
+    cJSON_AddStringToObject(e, "type", name);
     jnum(e, "n_in", (double)j->n_in);
     jnum(e, "n_out", (double)j->n_out);
     jnum(e, "n_tok", (double)j->n_tok);
@@ -229,6 +231,17 @@ static void sec_matmul(bench *b) {
         for (size_t c = 1; c < n_copies; c++) memcpy(b->buf + c * wb, b->buf, wb);
         for (size_t s = 0; s < n_shapes; s++) {
             mm_job j = {b->pool, t, b->buf, wb, toks[s] == 1 ? n_copies : 1, 0, x, y, n_in, n_out, toks[s], scratch};
+            matmul_row(b, arr, &j, toks[s] == 512 ? o->min_time * 2 : o->min_time);
+        }
+        /* the packed layout the engine uses with 8-bit activations ("Q4_0p"), where it exists */
+        if (!o->quant_act || !kern_pack_supported(t, n_in, n_out)) continue;
+        uint8_t *tmp = tk_malloc(wb);
+        if (!tmp) continue;
+        kern_pack(b->pool, t, b->buf, tmp, n_in, n_out);
+        for (size_t c = 0; c < n_copies; c++) memcpy(b->buf + c * wb, tmp, wb);
+        tk_free(tmp);
+        for (size_t s = 0; s < n_shapes; s++) {
+            mm_job j = {b->pool, t | KERN_PACKED, b->buf, wb, toks[s] == 1 ? n_copies : 1, 0, x, y, n_in, n_out, toks[s], scratch};
             matmul_row(b, arr, &j, toks[s] == 512 ? o->min_time * 2 : o->min_time);
         }
     }

@@ -36,12 +36,19 @@ static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
  * its own thread only. */
 void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes);
 
+/* Rows [lo, hi) of a packed matrix, unpacked row by row into the level's plain-row kernels
+ * (pack.c): any level, either arithmetic. */
+void kern__mm_packed_rows(const kern__mm *j, size_t lo, size_t hi);
+
 /* Kernels of one ISA level. Every entry is set (the scalar table is the fallback). */
 typedef struct {
     const char *name;
     /* rows [lo, hi) of the f32-activation matmul / of the quantised-activation matmul */
     void (*mm_f32)(const kern__mm *j, size_t lo, size_t hi);
     void (*mm_act)(const kern__mm *j, size_t lo, size_t hi);
+    /* rows [lo, hi) of a packed matrix (wtype | KERN_PACKED; lo, hi multiples of 16) with
+     * quantised activations; NULL: the level has none (kern__mm_packed_rows runs it) */
+    void (*mm_packed)(const kern__mm *j, size_t lo, size_t hi);
     /* kern_quantize_act_row, bitwise */
     void (*quant_act)(uint32_t act_type, const float *x, void *out, size_t n);
     /* one head of kern_attn_paged over an f16 cache: q already rounded to f16 values, kv head

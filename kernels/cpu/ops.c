@@ -93,7 +93,9 @@ static void matmul_worker(void *ctx, int ith, int nth) {
         kern__mm m = j->mm[i];
         m.scratch = scratch;
         size_t a = lo > base ? lo - base : 0, b = hi - base < m.n_out ? hi - base : m.n_out;
-        if (hi > base && a < b) (m.Xq ? kern__cur->mm_act : kern__cur->mm_f32)(&m, a, b);
+        if (!(hi > base && a < b)) continue;
+        if (m.wtype & KERN_PACKED) (m.Xq && kern__cur->mm_packed ? kern__cur->mm_packed : kern__mm_packed_rows)(&m, a, b);
+        else (m.Xq ? kern__cur->mm_act : kern__cur->mm_f32)(&m, a, b);
     }
 }
 
@@ -112,9 +114,9 @@ size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
 
 void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const float *X, size_t n_in, size_t n_tok,
                        void *scratch) {
-    uint32_t act = scratch && n > 0 ? kern_act_type(outs[0].wtype) : KERN_TYPE_F32;
+    uint32_t act = scratch && n > 0 ? kern_act_type(outs[0].wtype & ~KERN_PACKED) : KERN_TYPE_F32;
     bool same = n <= MM_MAX_OPS;
-    for (int i = 1; i < n; i++) same = same && (scratch ? kern_act_type(outs[i].wtype) : KERN_TYPE_F32) == act;
+    for (int i = 1; i < n; i++) same = same && (scratch ? kern_act_type(outs[i].wtype & ~KERN_PACKED) : KERN_TYPE_F32) == act;
     if (!same) { /* activations of two formats (or too many ops): one job each */
         for (int i = 0; i < n; i++)
             kern_matmul(p, outs[i].wtype, outs[i].W, X, outs[i].Y, n_in, outs[i].n_out, n_tok, scratch);
@@ -122,7 +124,7 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
     }
     mm_job j = {.n = n, .pool = p};
     for (int i = 0; i < n; i++) {
-        j.mm[i] = (kern__mm){outs[i].wtype, act, outs[i].W, kern_row_bytes(outs[i].wtype, n_in), kern_act_row_bytes(act, n_in),
+        j.mm[i] = (kern__mm){outs[i].wtype, act, outs[i].W, kern_row_bytes(outs[i].wtype & ~KERN_PACKED, n_in), kern_act_row_bytes(act, n_in),
                              X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok, NULL};
         j.rows += outs[i].n_out;
     }
@@ -297,7 +299,7 @@ void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_
 
 /* ---- dispatch ---- */
 
-const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, kern_quantize_act_row, attn_f16_scalar,
+const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_f16_scalar,
                                     rmsnorm_scalar, swiglu_scalar, add_scalar};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }

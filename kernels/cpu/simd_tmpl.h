@@ -453,4 +453,4 @@ static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, quant_act, attn_f16, rmsnorm, swiglu, add}
+#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, rmsnorm, swiglu, add}

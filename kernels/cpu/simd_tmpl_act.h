@@ -503,6 +503,184 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
 #endif
 
 #if VL == 16
+/* ---- packed weights (KERN_PACKED; layout in pack.c) ----
+ * Block b of a 16-row tile is 4 (Q4) or 8 (Q8_0) zmm of quants, zmm k lane r = row r's bytes
+ * 4k..4k+3 (Q4: nibbles; their high halves are elements 16.., i.e. zmm k + 4 once shifted), so
+ * vpdpbusd against the broadcast activation bytes 4k..4k+3 accumulates row r's block sum in lane
+ * r directly. Integer sums are exact in any order and the float steps per lane are those of
+ * act_gemv16 (dd = dw * dx; sum += sf * dd, Q4_1: sum += dd * sf + mw * sx), so the results are
+ * bitwise the plain matrix's. */
+#define PK_QB(type) ((type) == KERN_TYPE_Q8_0 ? 512u : 256u) /* Q-plane bytes per block */
+#ifndef PK_PF
+#define PK_PF 1024 /* GEMV prefetch distance, bytes (512..2048 measured alike) */
+#endif
+
+/* Block b's 8 unsigned operands */
+static inline __attribute__((always_inline)) void pk_unpack(uint32_t type, const uint8_t *q, __m512i w[8]) {
+    if (type == KERN_TYPE_Q8_0) {
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) w[k] = _mm512_loadu_si512(q + 64 * k);
+        return;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        const __m512i v = _mm512_loadu_si512(q + 64 * k);
+        w[k] = _mm512_and_si512(v, m4);
+        w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    }
+}
+
+/* Row sums of one block: init (-k * sum(x), or 0) plus the 8 byte dots, in two chains */
+static inline __attribute__((always_inline)) __m512i pk_dot(const __m512i w[8], const uint8_t *x, int32_t init) {
+    __m512i a = _mm512_set1_epi32(init), c = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        int32_t x0, x1;
+        memcpy(&x0, x + 4 * k, 4);
+        memcpy(&x1, x + 16 + 4 * k, 4);
+        a = _mm512_dpbusd_epi32(a, w[k], _mm512_set1_epi32(x0));
+        c = _mm512_dpbusd_epi32(c, w[k + 4], _mm512_set1_epi32(x1));
+    }
+    return _mm512_add_epi32(a, c);
+}
+
+/* the per-lane float step of one block */
+static inline __attribute__((always_inline)) __m512 pk_step(__m512 sum, __m512i s, const uint8_t *D, const uint8_t *M,
+                                                             float dx, float sx, int q41) {
+    const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)D)), _mm512_set1_ps(dx));
+    const __m512 sf = _mm512_cvtepi32_ps(s);
+    if (q41)
+        return _mm512_add_ps(sum, _mm512_add_ps(_mm512_mul_ps(dd, sf),
+                                                _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)M)), _mm512_set1_ps(sx))));
+    return _mm512_add_ps(sum, _mm512_mul_ps(sf, dd));
+}
+
+/* One token: each tile is one contiguous stream (the hardware prefetcher follows it); four
+ * blocks' integer sums in flight, then their float steps in block order. */
+static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2, qb = PK_QB(type);
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    float dx[GV_MAX_NB], sx[GV_MAX_NB];
+    int32_t cx[GV_MAX_NB]; /* -k * sum(x): the start of each block's integer sum */
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *xb = j->Xq + b * xbb;
+        dx[b] = h2f(xb);
+        sx[b] = q41 ? h2f(xb + 2) : 0.0f;
+        cx[b] = kc ? -kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
+    }
+    /* the thread's rows are one contiguous byte range: prefetch it linearly, PK_PF ahead */
+    const uint8_t *pf = j->W + lo * j->row_bytes + PK_PF, *pf_end = j->W + hi * j->row_bytes;
+    const size_t tb = 16 * (j->row_bytes / nb); /* bytes of one block of a tile */
+    for (size_t o = lo; o < hi; o += GW_R) {
+        const uint8_t *Q = j->W + o * j->row_bytes, *D = Q + nb * qb, *M = D + nb * 32;
+        __m512 sum = _mm512_setzero_ps();
+        size_t b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            for (const uint8_t *e = pf + 4 * tb; pf < e; pf += 64)
+                if (pf < pf_end) _mm_prefetch((const char *)pf, _MM_HINT_T0);
+            __m512i s[4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                __m512i w[8];
+                pk_unpack(type, Q + (b + u) * qb, w);
+                s[u] = pk_dot(w, j->Xq + (b + u) * xbb + xo, cx[b + u]);
+            }
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) sum = pk_step(sum, s[u], D + (b + u) * 32, M + (b + u) * 32, dx[b + u], sx[b + u], q41);
+        }
+        for (; b < nb; b++) {
+            __m512i w[8];
+            pk_unpack(type, Q + b * qb, w);
+            sum = pk_step(sum, pk_dot(w, j->Xq + b * xbb + xo, cx[b]), D + b * 32, M + b * 32, dx[b], sx[b], q41);
+        }
+        _mm512_storeu_ps(j->Y + o, sum);
+    }
+}
+
+/* More tokens: per row tile, Q4 quants unpacked once into the scratch (Q8_0's are used in
+ * place), then tiles of GM_T tokens against it, as act_gemm16. */
+static inline __attribute__((always_inline)) void pk_gemm(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2, nt = j->n_tok, qb = PK_QB(type);
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    if (!j->scratch) {
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            pk_gemv(type, &one, lo, hi);
+        }
+        return;
+    }
+    gm_buf g;
+    gm_prep(j, q41, kc, nb, &g);
+    for (size_t i = 0; i < nt * nb; i++) g.cx[i] = -g.cx[i];
+    __m512i *pk = g.pk;
+    for (size_t o = lo; o < hi; o += GM_R) {
+        const uint8_t *Q = j->W + o * j->row_bytes, *D = Q + nb * qb, *M = D + nb * 32;
+        const __m512i *wq = (const __m512i *)Q;
+        if (type != KERN_TYPE_Q8_0) {
+            for (size_t b = 0; b < nb; b++) pk_unpack(type, Q + b * qb, pk + b * 8);
+            wq = pk;
+        }
+        for (size_t t0 = 0; t0 < nt; t0 += GM_T) {
+            const int T = nt - t0 < GM_T ? (int)(nt - t0) : GM_T;
+            size_t tk[GM_T];
+            const uint8_t *xr[GM_T];
+            for (int t = 0; t < GM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + xo;
+            __m512 sum[GM_T];
+#pragma GCC unroll 8
+            for (int t = 0; t < GM_T; t++) sum[t] = _mm512_setzero_ps();
+            for (size_t b = 0; b < nb; b++) {
+                __m512i wv[8];
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512(wq + b * 8 + k);
+                const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(D + b * 32)));
+                const __m512 mw = q41 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(M + b * 32))) : dw;
+#pragma GCC unroll 8
+                for (int t = 0; t < GM_T; t++) {
+                    const size_t ib = tk[t] * nb + b;
+                    const uint8_t *xb = xr[t] + b * xbb;
+                    __m512i s = _mm512_set1_epi32(g.cx[ib]);
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++) {
+                        int32_t xk;
+                        memcpy(&xk, xb + 4 * k, 4);
+                        s = _mm512_dpbusd_epi32(s, wv[k], _mm512_set1_epi32(xk));
+                    }
+                    const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(g.dx[ib])), sf = _mm512_cvtepi32_ps(s);
+                    if (q41)
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_add_ps(_mm512_mul_ps(dd, sf), _mm512_mul_ps(mw, _mm512_set1_ps(g.sx[ib]))));
+                    else
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(sf, dd));
+                }
+            }
+            for (int t = 0; t < T; t++) _mm512_storeu_ps(j->Y + (t0 + (size_t)t) * j->n_out + o, sum[t]);
+        }
+    }
+}
+
+static void mm_packed(const kern__mm *j, size_t lo, size_t hi) {
+    switch (j->wtype & ~KERN_PACKED) {
+#define PK_CASE(T)                                                                                                     \
+    case KERN_TYPE_##T:                                                                                                \
+        if (j->n_tok == 1) pk_gemv(KERN_TYPE_##T, j, lo, hi);                                                         \
+        else pk_gemm(KERN_TYPE_##T, j, lo, hi);                                                                        \
+        break;
+        PK_CASE(Q8_0)
+        PK_CASE(Q4_0)
+        PK_CASE(Q4_1)
+#undef PK_CASE
+    default: kern__mm_packed_rows(j, lo, hi);
+    }
+}
+#define MM_PACKED mm_packed
+#else
+#define MM_PACKED NULL
+#endif
+
+#if VL == 16
 #define ACT_GEMV act_gemv16
 #else
 #define ACT_GEMV act_gemv

@@ -150,6 +150,62 @@ START_TEST(test_matmul_gemm_act_tiles) {
 }
 END_TEST
 
+/* Packed weights (kern_pack): every row unpacks to the plain row; kern_matmul of the packed
+ * matrix is bitwise the plain matrix's at every ISA level (AVX-512 runs its packed kernels, the
+ * others unpack row by row), for 1..17 and 64 tokens, both arithmetics, 1 and 2 threads, and
+ * inside kern_matmul_multi beside a plain matrix. */
+START_TEST(test_matmul_packed) {
+    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1};
+    static const size_t outs[] = {16, 48, 80};
+    static const size_t blocks[] = {1, 3, 4, 5, 7, 18};
+    kern_init();
+    kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
+    ck_assert(!kern_pack_supported(KERN_TYPE_Q4_K, 256, 16) && !kern_pack_supported(KERN_TYPE_Q4_0, 64, 17));
+    ck_assert_int_eq(kern_pack(NULL, KERN_TYPE_Q4_0, NULL, NULL, 64, 17), -1);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t ti = 0; ti < 3; ti++)
+            for (size_t ci = 0; ci < 18; ci++) {
+                const uint32_t t = types[ti];
+                const size_t n_out = outs[ci % 3], n_in = 32 * blocks[ci % 6], n_tok = ci == 17 ? 64 : 1 + ci, rb = kern_row_bytes(t, n_in);
+                uint8_t *W = malloc(rb * n_out), *P = malloc(rb * n_out), *row = malloc(rb);
+                uint8_t *scratch = malloc(kern_matmul_scratch_bytes(n_in, n_tok));
+                float *x = malloc(n_in * n_tok * sizeof(float)), *Y = malloc(2 * n_out * n_tok * sizeof(float));
+                float *Yp = malloc(2 * n_out * n_tok * sizeof(float));
+                for (size_t o = 0; o < n_out; o++) {
+                    for (size_t i = 0; i < n_in; i++) x[i] = frand();
+                    ck_assert_int_eq(kern_quantize_row_ref(t, x, W + o * rb, n_in), 0);
+                }
+                for (size_t i = 0; i < n_in * n_tok; i++) x[i] = frand();
+                ck_assert_int_eq(kern_pack(ci % 2 ? pool2 : NULL, t, W, P, n_in, n_out), 0);
+                for (size_t o = 0; o < n_out; o++) {
+                    kern_unpack_row(t, P, n_in, o, row);
+                    ck_assert_mem_eq(row, W + o * rb, rb);
+                }
+                for (int qa = 0; qa < 2; qa++) {
+                    kern_matmul(pool2, t, W, x, Y, n_in, n_out, n_tok, qa ? scratch : NULL);
+                    kern_matmul(pool2, t | KERN_PACKED, P, x, Yp, n_in, n_out, n_tok, qa ? scratch : NULL);
+                    ck_assert_msg(memcmp(Y, Yp, n_out * n_tok * sizeof(float)) == 0, "%s %s n_in %zu n_out %zu n_tok %zu qa %d",
+                                  isa_name[isa], kern_type_name(t), n_in, n_out, n_tok, qa);
+                    kern_matmul(pool1, t | KERN_PACKED, P, x, Yp, n_in, n_out, n_tok, qa ? scratch : NULL);
+                    ck_assert_mem_eq(Y, Yp, n_out * n_tok * sizeof(float));
+                    /* packed and plain side by side in one job */
+                    const kern_matmul_out mo[2] = {{t | KERN_PACKED, P, Yp, n_out}, {t, W, Yp + n_out * n_tok, n_out}};
+                    kern_matmul_multi(pool2, mo, 2, x, n_in, n_tok, qa ? scratch : NULL);
+                    ck_assert_mem_eq(Y, Yp, n_out * n_tok * sizeof(float));
+                    ck_assert_mem_eq(Y, Yp + n_out * n_tok, n_out * n_tok * sizeof(float));
+                }
+                free(W), free(P), free(row), free(scratch), free(x), free(Y), free(Yp);
+            }
+        printf("packed matmul %-6s ok (packed kernels: %s)\n", isa_name[isa],
+               kern_pack_supported(KERN_TYPE_Q4_0, 64, 16) ? "yes" : "no, rows unpacked");
+    }
+    kern__set_isa(kern__isa_best());
+    kern_pool_destroy(pool1);
+    kern_pool_destroy(pool2);
+}
+END_TEST
+
 /* kern_matmul_multi equals one kern_matmul per output, bitwise, in both arithmetics, including
  * mixed weight types (one activation format, and two: Q4_1 wants Q8_1). */
 START_TEST(test_matmul_multi) {
@@ -393,6 +449,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_gemv_tiles);
     tcase_add_test(tc, test_matmul_gemm_act_tiles);
     tcase_add_test(tc, test_matmul_multi);
+    tcase_add_test(tc, test_matmul_packed);
     tcase_add_test(tc, test_quantize_act_every_isa);
     tcase_add_test(tc, test_elementwise_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
