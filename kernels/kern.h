@@ -83,8 +83,8 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
  *  - NULL: f32 activations against the dequantised weights (the exact product; default).
  *  - non-NULL: activations quantised the way llama.cpp's CPU backend does it: for Q8_0 and
  *    Q4_0 weights each 32-block of X becomes Q8_0, for Q4_1 Q8_1 (int8 + f16 scale + f16 scaled
- *    sum), and each block dot is an integer sum times the two scales (bit-identical to ggml's
- *    vec_dot per row); other weight types stay f32. act_scratch then holds the quantised X: at
+ *    sum), and each block dot is an exact integer sum, scaled and accumulated with one fused
+ *    multiply-add per block (kernels/cpu/act_quant.c); other weight types stay f32. act_scratch then holds the quantised X: at
  *    least kern_matmul_scratch_bytes(n_in, n_tok) bytes.
  * Either way a row's result does not depend on n_tok or the thread split. */
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,

@@ -1,11 +1,15 @@
 /* Activation quantisation and the integer block dots that pair with it (see kern_matmul in
- * kernels/kern.h). The arithmetic follows ggml's reference CPU code, block by block, so that
- * tokd's logits track llama.cpp's for Q4_0/Q4_1/Q8_0 models:
+ * kernels/kern.h). Activations are quantised as ggml's CPU backend does (block by block, same
+ * rounding), so tokd's 8-bit arithmetic tracks llama.cpp's for Q4_0/Q4_1/Q8_0 models:
  *   Q8_0 act: d = max|x|/127, q = rint(x*127/max)             (f16 d)
  *   Q8_1 act: as Q8_0, plus s = d * sum(q)                     (f16 d, f16 s)
- *   Q8_0 w . Q8_0 x = sum_b  (sum_i qw*qx) * dw*dx
- *   Q4_0 w . Q8_0 x = sum_b  (sum_i (n-8)*qx) * dw*dx
- *   Q4_1 w . Q8_1 x = sum_b  (sum_i n*qx) * dw*dx + mw*sx */
+ * Each block's integer sum is exact; the float steps per block are one fused multiply-add
+ * (one rounding, as ggml's x86 kernels accumulate; the order of blocks is the row's):
+ *   Q8_0 w . Q8_0 x: sum = fma(sum_i qw*qx, dw*dx, sum)
+ *   Q4_0 w . Q8_0 x: sum = fma(sum_i (n-8)*qx, dw*dx, sum)
+ *   Q4_1 w . Q8_1 x: sum = sum + fma(dw*dx, sum_i n*qx, mw*sx)
+ * Every SIMD kernel runs exactly these steps per (row, token), so results are bitwise the
+ * same at any batch size, thread split or ISA level. */
 #include <math.h>
 #include <string.h>
 
@@ -61,7 +65,7 @@ static float dot_q8_0(const uint8_t *w, const uint8_t *x, size_t nb) {
         const int8_t *qw = (const int8_t *)(w + 2), *qx = (const int8_t *)(x + 2);
         int s = 0;
         for (int i = 0; i < KERN_QK; i++) s += qw[i] * qx[i];
-        sum += (float)s * (f16_at(w) * f16_at(x));
+        sum = fmaf((float)s, f16_at(w) * f16_at(x), sum);
     }
     return sum;
 }
@@ -74,7 +78,7 @@ static float dot_q4_0(const uint8_t *w, const uint8_t *x, size_t nb) {
         int s = 0;
         for (int i = 0; i < KERN_QK / 2; i++)
             s += ((qw[i] & 0x0f) - 8) * qx[i] + ((qw[i] >> 4) - 8) * qx[i + KERN_QK / 2];
-        sum += (float)s * (f16_at(w) * f16_at(x));
+        sum = fmaf((float)s, f16_at(w) * f16_at(x), sum);
     }
     return sum;
 }
@@ -86,7 +90,7 @@ static float dot_q4_1(const uint8_t *w, const uint8_t *x, size_t nb) {
         const int8_t *qx = (const int8_t *)(x + 4);
         int s = 0;
         for (int i = 0; i < KERN_QK / 2; i++) s += (qw[i] & 0x0f) * qx[i] + (qw[i] >> 4) * qx[i + KERN_QK / 2];
-        sum += (f16_at(w) * f16_at(x)) * (float)s + f16_at(w + 2) * f16_at(x + 2);
+        sum += fmaf(f16_at(w) * f16_at(x), (float)s, f16_at(w + 2) * f16_at(x + 2));
     }
     return sum;
 }

@@ -24,10 +24,13 @@ typedef struct {
 
 /* Bytes of kern__mm.scratch, laid out as: the repacked row tile (nb * 8 64-byte vectors, used by
  * AVX-512), then floats dx, sx (n_tok * nb each) and the row tile's scales wd, wm (nb * 16 each),
- * then int32 cx (n_tok * nb); nb = n_in / 32 blocks. 16 is the largest row tile (GM_R). */
+ * then int32 cx (n_tok * nb), then the packed GEMM's X interleaved by token tiles of 8 (simd_tmpl_act.h,
+ * pk_prep: 32 bytes + cx, dx, sx per token and block); nb = n_in / 32 blocks. 16 is the
+ * largest row tile (GM_R). */
 static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
-    const size_t nb = n_in / 32;
-    return nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t);
+    const size_t nb = n_in / 32, ntp = (n_tok + 7) / 8 * 8; /* + the packed GEMM's interleaved copy of X */
+    return nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t) +
+           ntp * nb * (32 + 3 * 4);
 }
 
 /* Thread ith's scratch of pool p (pool.c), grown to at least `bytes` (it only grows, so a

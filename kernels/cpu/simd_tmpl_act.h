@@ -149,9 +149,9 @@ static inline __attribute__((always_inline)) void act_gemv(uint32_t type, const 
             if (q41) {
                 const __m128i mh = _mm_setr_epi16(ld16(w[0] + 2), ld16(w[1] + 2), ld16(w[2] + 2), ld16(w[3] + 2),
                                                   ld16(w[4] + 2), ld16(w[5] + 2), ld16(w[6] + 2), ld16(w[7] + 2));
-                sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_mul_ps(dd, sf), _mm256_mul_ps(_mm256_cvtph_ps(mh), _mm256_set1_ps(sx[b]))));
+                sum = _mm256_add_ps(sum, _mm256_fmadd_ps(dd, sf, _mm256_mul_ps(_mm256_cvtph_ps(mh), _mm256_set1_ps(sx[b]))));
             } else {
-                sum = _mm256_add_ps(sum, _mm256_mul_ps(sf, dd));
+                sum = _mm256_fmadd_ps(sf, dd, sum);
             }
 #pragma GCC unroll 8
             for (int r = 0; r < GV_R; r++) w[r] += wbb;
@@ -264,9 +264,9 @@ static inline __attribute__((always_inline)) void act_gemv16(uint32_t type, cons
                 const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(dh), _mm512_set1_ps(dx[b])), sf = _mm512_cvtepi32_ps(s);
                 if (q41) {
                     const __m256i mh = g & 1 ? _mm512_extracti64x4_epi64(sm[g / 2], 1) : _mm512_castsi512_si256(sm[g / 2]);
-                    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_mul_ps(dd, sf), _mm512_mul_ps(_mm512_cvtph_ps(mh), _mm512_set1_ps(sx[b]))));
+                    sum = _mm512_add_ps(sum, _mm512_fmadd_ps(dd, sf, _mm512_mul_ps(_mm512_cvtph_ps(mh), _mm512_set1_ps(sx[b]))));
                 } else {
-                    sum = _mm512_add_ps(sum, _mm512_mul_ps(sf, dd));
+                    sum = _mm512_fmadd_ps(sf, dd, sum);
                 }
             }
         }
@@ -416,10 +416,10 @@ static inline __attribute__((always_inline)) void act_gemm16(uint32_t type, cons
                     if (kc) s = _mm512_sub_epi32(s, _mm512_set1_epi32(g.cx[ib]));
                     const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(g.dx[ib])), sf = _mm512_cvtepi32_ps(s);
                     if (q41)
-                        sum[t] = _mm512_add_ps(sum[t], _mm512_add_ps(_mm512_mul_ps(dd, sf),
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_fmadd_ps(dd, sf,
                                                                      _mm512_mul_ps(_mm512_loadu_ps(g.wm + b * GM_R), _mm512_set1_ps(g.sx[ib]))));
                     else
-                        sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(sf, dd));
+                        sum[t] = _mm512_fmadd_ps(sf, dd, sum[t]);
                 }
             }
             for (int t = 0; t < T; t++) {
@@ -485,10 +485,10 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
                     if (kc) s = _mm256_sub_epi32(s, _mm256_set1_epi32(g.cx[ib]));
                     const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(g.dx[ib])), sf = _mm256_cvtepi32_ps(s);
                     if (q41)
-                        sum[t] = _mm256_add_ps(sum[t], _mm256_add_ps(_mm256_mul_ps(dd, sf),
+                        sum[t] = _mm256_add_ps(sum[t], _mm256_fmadd_ps(dd, sf,
                                                                      _mm256_mul_ps(_mm256_loadu_ps(g.wm + b * GM_R), _mm256_set1_ps(g.sx[ib]))));
                     else
-                        sum[t] = _mm256_add_ps(sum[t], _mm256_mul_ps(sf, dd));
+                        sum[t] = _mm256_fmadd_ps(sf, dd, sum[t]);
                 }
             }
             for (int t = 0; t < T; t++) {
@@ -508,7 +508,7 @@ static inline __attribute__((always_inline)) void act_gemm(uint32_t type, const 
  * 4k..4k+3 (Q4: nibbles; their high halves are elements 16.., i.e. zmm k + 4 once shifted), so
  * vpdpbusd against the broadcast activation bytes 4k..4k+3 accumulates row r's block sum in lane
  * r directly. Integer sums are exact in any order and the float steps per lane are those of
- * act_gemv16 (dd = dw * dx; sum += sf * dd, Q4_1: sum += dd * sf + mw * sx), so the results are
+ * act_gemv16 (dd = dw * dx; sum = fma(sf, dd, sum), Q4_1: sum += fma(dd, sf, mw * sx)), so the results are
  * bitwise the plain matrix's. */
 #define PK_QB(type) ((type) == KERN_TYPE_Q8_0 ? 512u : 256u) /* Q-plane bytes per block */
 #ifndef PK_PF
@@ -551,9 +551,9 @@ static inline __attribute__((always_inline)) __m512 pk_step(__m512 sum, __m512i 
     const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)D)), _mm512_set1_ps(dx));
     const __m512 sf = _mm512_cvtepi32_ps(s);
     if (q41)
-        return _mm512_add_ps(sum, _mm512_add_ps(_mm512_mul_ps(dd, sf),
+        return _mm512_add_ps(sum, _mm512_fmadd_ps(dd, sf,
                                                 _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)M)), _mm512_set1_ps(sx))));
-    return _mm512_add_ps(sum, _mm512_mul_ps(sf, dd));
+    return _mm512_fmadd_ps(sf, dd, sum);
 }
 
 /* One token: each tile is one contiguous stream (the hardware prefetcher follows it); four
@@ -601,9 +601,37 @@ static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const k
 
 /* More tokens: per row tile, Q4 quants unpacked once into the scratch (Q8_0's are used in
  * place), then tiles of GM_T tokens against it, as act_gemm16. */
+#define PK_T 8 /* tokens per tile of the packed GEMM */
+
+/* The packed GEMM's view of X, made once per call: per token tile and block, the 8 groups of
+ * 4 activation bytes of the tile's PK_T tokens side by side (group k of token t at int32
+ * k * PK_T + t), then per token -k * sum(x), dx and sx: every operand of the inner loop is an
+ * embedded broadcast off one pointer. Tokens past n_tok repeat the last one. */
+typedef struct {
+    int32_t *xq, *cx;
+    float *dx, *sx;
+} pk_x;
+
+static void pk_prep(const kern__mm *j, int q41, int kc, size_t nb, pk_x *px) {
+    const size_t nt = j->n_tok, ntp = (nt + PK_T - 1) / PK_T * PK_T, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2;
+    uint8_t *base = (uint8_t *)j->scratch + kern__act_scratch_bytes(j->n_in, nt) - ntp * nb * (32 + 3 * 4);
+    px->xq = (int32_t *)base, px->cx = px->xq + ntp * nb * 8, px->dx = (float *)(px->cx + ntp * nb), px->sx = px->dx + ntp * nb;
+    for (size_t tp = 0; tp < ntp; tp++) {
+        const size_t t = tp < nt ? tp : nt - 1, tt = tp / PK_T, ti = tp % PK_T;
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *xb = j->Xq + t * j->act_bytes + b * xbb;
+            const size_t tb = tt * nb + b;
+            for (int k = 0; k < 8; k++) memcpy(px->xq + (tb * 8 + (size_t)k) * PK_T + ti, xb + xo + 4 * k, 4);
+            px->cx[tb * PK_T + ti] = kc ? -kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
+            px->dx[tb * PK_T + ti] = h2f(xb);
+            px->sx[tb * PK_T + ti] = q41 ? h2f(xb + 2) : 0.0f;
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void pk_gemm(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const int q41 = type == KERN_TYPE_Q4_1;
-    const size_t nb = j->n_in / CH, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2, nt = j->n_tok, qb = PK_QB(type);
+    const size_t nb = j->n_in / CH, nt = j->n_tok, qb = PK_QB(type);
     const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
     if (!j->scratch) {
         for (size_t t = 0; t < nt; t++) {
@@ -613,10 +641,9 @@ static inline __attribute__((always_inline)) void pk_gemm(uint32_t type, const k
         }
         return;
     }
-    gm_buf g;
-    gm_prep(j, q41, kc, nb, &g);
-    for (size_t i = 0; i < nt * nb; i++) g.cx[i] = -g.cx[i];
-    __m512i *pk = g.pk;
+    pk_x px;
+    pk_prep(j, q41, kc, nb, &px);
+    __m512i *pk = j->scratch; /* the row tile's unpacked Q4 quants */
     for (size_t o = lo; o < hi; o += GM_R) {
         const uint8_t *Q = j->W + o * j->row_bytes, *D = Q + nb * qb, *M = D + nb * 32;
         const __m512i *wq = (const __m512i *)Q;
@@ -624,36 +651,38 @@ static inline __attribute__((always_inline)) void pk_gemm(uint32_t type, const k
             for (size_t b = 0; b < nb; b++) pk_unpack(type, Q + b * qb, pk + b * 8);
             wq = pk;
         }
-        for (size_t t0 = 0; t0 < nt; t0 += GM_T) {
-            const int T = nt - t0 < GM_T ? (int)(nt - t0) : GM_T;
-            size_t tk[GM_T];
-            const uint8_t *xr[GM_T];
-            for (int t = 0; t < GM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + xo;
-            __m512 sum[GM_T];
+        for (size_t t0 = 0; t0 < nt; t0 += PK_T) {
+            const int T = nt - t0 < PK_T ? (int)(nt - t0) : PK_T;
+            const size_t tb0 = t0 / PK_T * nb;
+            __m512 sum[PK_T];
 #pragma GCC unroll 8
-            for (int t = 0; t < GM_T; t++) sum[t] = _mm512_setzero_ps();
+            for (int t = 0; t < PK_T; t++) sum[t] = _mm512_setzero_ps();
             for (size_t b = 0; b < nb; b++) {
+                const size_t tb = tb0 + b;
+                const int32_t *xq = px.xq + tb * 8 * PK_T, *cx = px.cx + tb * PK_T;
+                const float *dx = px.dx + tb * PK_T, *sx = px.sx + tb * PK_T;
                 __m512i wv[8];
 #pragma GCC unroll 8
                 for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512(wq + b * 8 + k);
                 const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(D + b * 32)));
-                const __m512 mw = q41 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(M + b * 32))) : dw;
+                /* k-major: the tokens' dot chains interleave, so independent vpdpbusd are
+                 * always ready to issue */
+                __m512i s[PK_T];
 #pragma GCC unroll 8
-                for (int t = 0; t < GM_T; t++) {
-                    const size_t ib = tk[t] * nb + b;
-                    const uint8_t *xb = xr[t] + b * xbb;
-                    __m512i s = _mm512_set1_epi32(g.cx[ib]);
+                for (int t = 0; t < PK_T; t++) s[t] = _mm512_set1_epi32(cx[t]);
 #pragma GCC unroll 8
-                    for (int k = 0; k < 8; k++) {
-                        int32_t xk;
-                        memcpy(&xk, xb + 4 * k, 4);
-                        s = _mm512_dpbusd_epi32(s, wv[k], _mm512_set1_epi32(xk));
+                for (int k = 0; k < 8; k++)
+#pragma GCC unroll 8
+                    for (int t = 0; t < PK_T; t++) s[t] = _mm512_dpbusd_epi32(s[t], wv[k], _mm512_set1_epi32(xq[k * PK_T + t]));
+#pragma GCC unroll 8
+                for (int t = 0; t < PK_T; t++) {
+                    const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(dx[t])), sf = _mm512_cvtepi32_ps(s[t]);
+                    if (q41) {
+                        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(M + b * 32)));
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_fmadd_ps(dd, sf, _mm512_mul_ps(mw, _mm512_set1_ps(sx[t]))));
+                    } else {
+                        sum[t] = _mm512_fmadd_ps(sf, dd, sum[t]);
                     }
-                    const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(g.dx[ib])), sf = _mm512_cvtepi32_ps(s);
-                    if (q41)
-                        sum[t] = _mm512_add_ps(sum[t], _mm512_add_ps(_mm512_mul_ps(dd, sf), _mm512_mul_ps(mw, _mm512_set1_ps(g.sx[ib]))));
-                    else
-                        sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(sf, dd));
                 }
             }
             for (int t = 0; t < T; t++) _mm512_storeu_ps(j->Y + (t0 + (size_t)t) * j->n_out + o, sum[t]);
