@@ -65,6 +65,7 @@ static const cfg_key keys[] = {
     STR(chat_template, 0, chat_templates, "", "NAME",
         "chat template family; empty = recognise the model's tokenizer.chat_template"),
     INT(threads, 0, 1024, 0, "compute threads; 0 = all CPUs"),
+    BOOL(pin_threads, 0, "pin compute thread i to the i-th CPU the process may use (default off: no gain measured on shared VMs)"),
     INT(ctx_size, 0, MI, 0, "max positions per sequence; 0 = min(model's context, 4096)"),
     INT(kv_blocks, 0, 16 * MI, 0, "KV cache size in blocks; 0 = derived from kv_cache_mb"),
     INT(kv_cache_mb, 1, MI, 512, "KV cache size in MiB, used when kv_blocks is 0"),

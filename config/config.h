@@ -21,6 +21,7 @@ typedef struct {
     char model_name[256];    /* id served in /v1/models and accepted in "model"; default: file name */
     char chat_template[64];  /* "" = the model's; or a family name (chatml, llama3, ...) */
     int32_t threads;         /* compute threads; 0 = all CPUs */
+    bool pin_threads;        /* pin compute thread i to the i-th allowed CPU */
     int32_t ctx_size;        /* max positions per sequence; 0 = min(model's, 4096) */
     int32_t kv_blocks;       /* KV pool size in blocks; 0 = derived from kv_cache_mb */
     int32_t kv_cache_mb;     /* KV pool size in MiB when kv_blocks is 0 (default 512) */

@@ -153,7 +153,7 @@ int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char
     }
     rc = ENG_ERR_NOMEM;
     /* the CUDA backend needs no compute threads: a pool of one keeps the host side cheap */
-    if (!(c->pool = kern_pool_new(c->p.device == 1 ? 1 : c->p.n_threads)) || ctx_alloc(c) != 0 || ctx_weights(c) != 0) {
+    if (!(c->pool = kern_pool_new_pinned(c->p.device == 1 ? 1 : c->p.n_threads, c->p.pin_threads && c->p.device == 0)) || ctx_alloc(c) != 0 || ctx_weights(c) != 0) {
         if (err) snprintf(err, errlen, "engine context: out of memory");
         goto fail;
     }

@@ -89,6 +89,7 @@ typedef struct {
     int32_t max_ctx;     /* longest sequence (positions); 0: n_ctx_train */
     uint32_t kv_type;    /* KERN_TYPE_F16 (default) or KERN_TYPE_F32 */
     int n_threads;       /* 0: one per CPU */
+    bool pin_threads;    /* compute thread i pinned to the i-th allowed CPU (kern_pool_new_pinned) */
     bool quant_act;      /* quantise activations as llama.cpp's CPU backend does (see kern_matmul);
                             default false: exact f32 activations (CPU only) */
     int device;          /* backend: 0 cpu (default), 1 cuda (f16 KV cache only; an error when tokd was

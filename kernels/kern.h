@@ -66,6 +66,9 @@ typedef struct kern_pool kern_pool;
 /* Persistent pool of n_threads workers (the calling thread counts as worker 0). Workers spin
  * briefly after each job, then sleep on a condition variable. n_threads <= 0: one per CPU. */
 kern_pool *kern_pool_new(int n_threads);
+/* The same, with thread i pinned to the i-th CPU this process may use (sched_getaffinity;
+ * wrapping around when there are fewer), the caller (worker 0) on its first job. */
+kern_pool *kern_pool_new_pinned(int n_threads, bool pin);
 void kern_pool_destroy(kern_pool *p);
 int kern_pool_size(const kern_pool *p);
 /* Runs fn(ctx, ith, nth) for ith in [0, nth) on the pool and returns when all are done. */

@@ -34,7 +34,7 @@
 
 typedef struct {
     int threads;
-    bool quick, json, quant_act;
+    bool quick, json, quant_act, pin;
     unsigned sections; /* bit per section */
     size_t bw_bytes;
     uint32_t types[BENCH_MAX_TYPES];
@@ -459,6 +459,7 @@ static int sec_step(bench *b) {
     p.n_blocks = 32 * per_seq + pre_blocks;
     p.n_threads = o->threads;
     p.quant_act = o->quant_act;
+    p.pin_threads = o->pin;
     if (eng_ctx_new(m, &p, &c, err, sizeof err)) {
         fprintf(stderr, "tokd bench: %s\n", err);
         goto done;
@@ -506,7 +507,8 @@ static void bench_usage(FILE *f) {
             "  --ctx N            tokens in context for decode steps (default 128)\n"
             "  --prefill N        prefill length (default 512; --quick 64)\n"
             "  --min-time S       seconds per measurement (default 0.5; --quick 0.1)\n"
-            "  --quant-act        kern_matmul with llama.cpp-style quantised activations\n");
+            "  --quant-act        kern_matmul with llama.cpp-style quantised activations\n"
+            "  --pin              pin compute thread i to the i-th allowed CPU (as serve's pin_threads)\n");
 }
 
 static int parse_size(const char *s, size_t *out) {
@@ -550,7 +552,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o) {
         {"quick", 0, 0, 'q'},    {"json", 0, 0, 'J'},      {"only", 1, 0, 'o'},   {"threads", 1, 0, 'j'},
         {"bw-bytes", 1, 0, 'b'}, {"types", 1, 0, 'T'},     {"shape", 1, 0, 's'},  {"model", 1, 0, 'm'},
         {"type", 1, 0, 't'},     {"ctx", 1, 0, 'c'},       {"prefill", 1, 0, 'p'}, {"min-time", 1, 0, 'M'},
-        {"quant-act", 0, 0, 'A'}, {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+        {"quant-act", 0, 0, 'A'}, {"pin", 0, 0, 'P'},      {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
     int c;
     long v;
     char *end;
@@ -562,6 +564,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o) {
         case 'q': o->quick = true; break;
         case 'J': o->json = true; break;
         case 'A': o->quant_act = true; break;
+        case 'P': o->pin = true; break;
         case 'o': if (parse_list(optarg, o, false)) return -1; break;
         case 'T': if (parse_list(optarg, o, true)) return -1; break;
         case 'm': o->model = optarg; break;
@@ -633,7 +636,7 @@ int cli_bench(int argc, char **argv) {
     kern_init();
     int status = 1;
     b.json = cJSON_CreateObject();
-    b.pool = kern_pool_new(o.threads);
+    b.pool = kern_pool_new_pinned(o.threads, o.pin);
     b.buf_bytes = o.bw_bytes;
     if (o.sections & (SEC_BW | SEC_MATMUL)) b.buf = aligned_alloc(64, b.buf_bytes);
     if (!b.json || !b.pool || ((o.sections & (SEC_BW | SEC_MATMUL)) && !b.buf)) {

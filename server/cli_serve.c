@@ -53,6 +53,7 @@ static void sched_params_from_cfg(const cfg_config *c, const eng_model *m, sched
     p->engine.kv_type = strcmp(c->kv_type, "f32") == 0 ? KERN_TYPE_F32 : KERN_TYPE_F16;
     p->engine.n_threads = c->threads;
     p->engine.quant_act = c->quant_act;
+    p->engine.pin_threads = c->pin_threads;
     p->engine.device = strcmp(c->device, "cuda") == 0 ? 1 : 0;
     uint32_t n_ctx = hp->n_ctx_train ? hp->n_ctx_train : 4096;
     p->engine.max_ctx = c->ctx_size ? c->ctx_size : (int32_t)(n_ctx < 4096 ? n_ctx : 4096);

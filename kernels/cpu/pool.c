@@ -7,6 +7,7 @@
 #include "kernels/cpu/cpu_internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -32,6 +33,11 @@ struct kern_pool {
     atomic_int pending;     /* workers still running the current job */
     atomic_int sleeping;    /* workers in (or about to enter) pthread_cond_wait */
     atomic_bool stop;
+    bool pin;               /* thread i runs on cpus[i] (kern_pool_new_pinned) */
+    int cpus[CPU_SETSIZE];  /* the CPUs this process may use, in order (n_cpus of them) */
+    int n_cpus;
+    pthread_t pinned_caller; /* the caller thread last pinned to cpus[0] */
+    bool caller_pinned;
     pool_scratch *scratch; /* [n_threads]: slot i used only by thread i (0: the caller) */
 };
 
@@ -59,9 +65,18 @@ static unsigned wait_generation(kern_pool *p, unsigned seen) {
     return g;
 }
 
+/* Pins the calling thread to CPU `cpu`; 0 or an errno */
+static int pin_self(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
 static void *worker_main(void *arg) {
     worker_arg *wa = arg;
     kern_pool *p = wa->pool;
+    if (p->pin) pin_self(p->cpus[wa->ith % p->n_cpus]); /* best effort: unpinned still works */
     unsigned seen = 0;
     for (;;) {
         seen = wait_generation(p, seen);
@@ -72,7 +87,9 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-kern_pool *kern_pool_new(int n_threads) {
+kern_pool *kern_pool_new(int n_threads) { return kern_pool_new_pinned(n_threads, false); }
+
+kern_pool *kern_pool_new_pinned(int n_threads, bool pin) {
     if (n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
@@ -89,6 +106,14 @@ kern_pool *kern_pool_new(int n_threads) {
     atomic_init(&p->pending, 0);
     atomic_init(&p->sleeping, 0);
     atomic_init(&p->stop, false);
+    if (pin) { /* the process's allowed CPUs, in order: thread i gets the i-th */
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        if (sched_getaffinity(0, sizeof set, &set) == 0)
+            for (int c = 0; c < CPU_SETSIZE; c++)
+                if (CPU_ISSET(c, &set)) p->cpus[p->n_cpus++] = c;
+        p->pin = p->n_cpus > 0;
+    }
     worker_arg *args = worker_args_of(p);
     for (int i = 1; i < n_threads; i++) {
         args[i] = (worker_arg){p, i};
@@ -138,6 +163,10 @@ void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes) {
 int kern_pool_size(const kern_pool *p) { return p ? p->n_threads : 1; }
 
 void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *ctx) {
+    if (p && p->pin && (!p->caller_pinned || !pthread_equal(p->pinned_caller, pthread_self()))) {
+        pin_self(p->cpus[0]); /* the caller is worker 0; pinned on its first job */
+        p->pinned_caller = pthread_self(), p->caller_pinned = true;
+    }
     if (!p || p->n_threads == 1) {
         fn(ctx, 0, 1);
         return;

@@ -2,6 +2,7 @@
  * precision, on random inputs at several shapes (odd sizes included); the max error is printed.
  * Quantised formats have their own suite (test_quant.c). */
 #include <check.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -440,6 +441,31 @@ START_TEST(test_pool_runs_every_share) {
 }
 END_TEST
 
+/* A pinned pool: thread i runs on the i-th CPU the process may use (wrapping around), the
+ * caller included, and the caller's own affinity is what the pool found. */
+static void cpu_job(void *ctx, int ith, int nth) {
+    (void)nth;
+    ((int *)ctx)[ith] = sched_getcpu();
+}
+
+START_TEST(test_pool_pinned) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ck_assert_int_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set)) cpus[n++] = c;
+    ck_assert_int_gt(n, 0);
+    kern_pool *p = kern_pool_new_pinned(3, true);
+    ck_assert_ptr_nonnull(p);
+    int got[3] = {-1, -1, -1};
+    for (int r = 0; r < 20; r++) kern_pool_run(p, cpu_job, got);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(got[i], cpus[i % n]);
+    kern_pool_destroy(p);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0); /* unpin this test thread */
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("ops");
@@ -455,6 +481,7 @@ int main(void) {
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
     tcase_add_test(tc, test_pool_runs_every_share);
+    tcase_add_test(tc, test_pool_pinned);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
