@@ -22,6 +22,13 @@ typedef struct {
                                * then runs one token at a time, same results) */
 } kern__mm;
 
+/* K-quant activations (act_quant_k.c): bytes of a Q8_K block, its quantiser and the scalar
+ * reference dot of a Q4_K/Q5_K/Q6_K row with a Q8_K row (kern_quantize_act_row and
+ * kern_vec_dot_act call these). */
+#define KERN__Q8K_BYTES 292
+void kern__quantize_act_q8k(const float *x, void *out, size_t n);
+float kern__vec_dot_act_k(uint32_t wtype, const void *wrow, const void *xq, size_t n);
+
 /* Bytes of kern__mm.scratch, laid out as: the repacked row tile (nb * 8 64-byte vectors, used by
  * AVX-512), then floats dx, sx (n_tok * nb each) and the row tile's scales wd, wm (nb * 16 each),
  * then int32 cx (n_tok * nb); nb = n_in / 32 blocks. 16 is the largest row tile (GM_R). */

@@ -516,11 +516,16 @@ ACT_DEF(Q8_0)
 ACT_DEF(Q4_0)
 ACT_DEF(Q4_1)
 
+#include "kernels/cpu/simd_tmpl_actk.h" /* K-quants: Q8_K activations (actk_*, quant_act_q8k) */
+
 static void mm_act(const kern__mm *j, size_t lo, size_t hi) {
     switch (j->wtype) {
     case KERN_TYPE_Q8_0: act_Q8_0(j, lo, hi); break;
     case KERN_TYPE_Q4_0: act_Q4_0(j, lo, hi); break;
     case KERN_TYPE_Q4_1: act_Q4_1(j, lo, hi); break;
+    case KERN_TYPE_Q4_K: actk_Q4_K(j, lo, hi); break;
+    case KERN_TYPE_Q5_K: actk_Q5_K(j, lo, hi); break;
+    case KERN_TYPE_Q6_K: actk_Q6_K(j, lo, hi); break;
     default: kern__ops_scalar.mm_act(j, lo, hi);
     }
 }
@@ -529,6 +534,10 @@ static void mm_act(const kern__mm *j, size_t lo, size_t hi) {
  * q = x*id rounded to nearest-even by the conversion, as nearbyintf does in the default mode;
  * the integer sum is exact; scales go through the scalar f16 conversion. */
 static void quant_act(uint32_t act, const float *x, void *out, size_t n) {
+    if (act == KERN_ACT_Q8_K) {
+        quant_act_q8k(x, out, n);
+        return;
+    }
     uint8_t *o = out;
     const size_t hdr = act == KERN_ACT_Q8_1 ? 4 : 2;
     const VF absmask = vand_mask();
