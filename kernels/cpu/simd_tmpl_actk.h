@@ -24,15 +24,16 @@ static inline float ld_f32(const uint8_t *p) {
 
 static inline __m256i ld256(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
-/* The 8 scales then the 8 mins of a Q4_K/Q5_K block as 16 bytes (ggml's 12-byte unpacking) */
+/* The 8 scales then the 8 mins of a Q4_K/Q5_K block as 16 bytes (ggml's 12-byte unpacking, in
+ * xmm: low parts by one shuffle, the 2-bit high parts of j >= 4 by another). Reads 16 bytes at s,
+ * the 12 scale bytes and 4 of qh/qs: inside the block. */
 static inline __m128i k4_scmin(const uint8_t *s) {
-    uint32_t u[3], o[4];
-    memcpy(u, s, 12);
-    o[0] = u[0] & 0x3f3f3f3f;
-    o[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    o[2] = u[1] & 0x3f3f3f3f;
-    o[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    return _mm_loadu_si128((const __m128i *)o);
+    const __m128i v = ld128(s);
+    __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    a = _mm_blend_epi32(a, _mm_srli_epi16(a, 4), 8); /* mins 4..7: the high nibbles of bytes 8..11 */
+    a = _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m128i b = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    return _mm_or_si128(a, _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30))); /* bits 6, 7 -> 4, 5 */
 }
 
 /* One weight super-block, unpacked: the 256 values (Q4_K/Q5_K 0..31, Q6_K 0..63 before its
@@ -72,9 +73,10 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) { /* values 128h + 32k + l: ql nibble k >> 1 of byte 64h + 32(k & 1) + l, qh bits 2k */
             const __m512i l = _mm512_loadu_si512(ql + 64 * h), hb = _mm512_broadcast_i64x4(ld256(qh + 32 * h));
-            u->q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, k0f), _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30));
-            u->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), k0f),
-                                              _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30));
+            /* (a & 0x0f) | b, b already masked: vpternlogd 0xec */
+            u->q[2 * h] = _mm512_ternarylogic_epi32(l, _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30), k0f, 0xec);
+            u->q[2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30),
+                                                        k0f, 0xec);
         }
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) /* word i of q[c]'s products: sub-block 4c + i / 8 */
@@ -190,6 +192,223 @@ static inline __attribute__((always_inline)) void act_k_gemv(uint32_t type, cons
     }
 }
 
+#if VL == 16
+/* AVX-512 decode (one row at a time, super-blocks in groups of KG = 4).
+ * Q4_K/Q5_K: one 64-byte load of qs holds chunks 2p and 2p + 1, i.e. (low nibbles) values
+ * 128p + l and 128p + 64 + l and (high nibbles) 128p + 32 + l and 128p + 96 + l, l < 32; the
+ * activations are copied once per call into that order (kx.x), so a super-block unpacks with
+ * two loads, three ands and two shifts. The scales of each nibble vector are sub-blocks
+ * (4p, 4p + 2) and (4p + 1, 4p + 3), one vpermw each. Per group of 4 super-blocks: the 12 scale
+ * bytes of each unpacked in one zmm, the integer sums reduced by one transpose-add tree (lanes
+ * isc0, im0, isc1, im1, ...), and the float steps' products taken lane-wise; then the 4 adds to
+ * the row's sum in order, as the reference does. A group past the row's end repeats its last
+ * super-block (computed, never added). */
+#define KG 4
+#define KG_MAX_NB (KERN_MATMUL_MAX_IN / KERN_QK_K + KG)
+
+/* Per-call activation tables of the AVX-512 decode */
+typedef struct {
+    __attribute__((aligned(64))) int8_t x[KG_MAX_NB * KERN_QK_K]; /* qs; K4: in nibble-vector order */
+    int16_t bs[KG_MAX_NB][16]; /* K4: 0 x 8, then the sums of 32 (bsums 2j + 2j+1); Q6_K: the bsums */
+    float dx[KG_MAX_NB][2];    /* K4: d, twice */
+    float d1[KG_MAX_NB];       /* Q6_K: d */
+} kx_tab;
+
+static void kx_prep(int k4, const uint8_t *xq, size_t nb, kx_tab *t) {
+    static const int from[8] = {0, 64, 32, 96, 128, 192, 160, 224};
+    for (size_t b = 0; b < (nb + KG - 1) / KG * KG; b++) {
+        if (b >= nb) { /* the padding of the last group: zeros */
+            memset(t->x + 256 * b, 0, 256), memset(t->bs[b], 0, 32), t->dx[b][0] = t->dx[b][1] = t->d1[b] = 0;
+            continue;
+        }
+        const uint8_t *xb = xq + b * KERN__Q8K_BYTES;
+        int16_t bs[16];
+        memcpy(bs, xb + K8_BS, 32);
+        for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)(t->x + 256 * b + 32 * k), ld256(xb + K8_QS + (k4 ? from[k] : 32 * k)));
+        if (k4) {
+            for (int k = 0; k < 8; k++) t->bs[b][k] = 0, t->bs[b][8 + k] = (int16_t)(bs[2 * k] + bs[2 * k + 1]);
+        } else {
+            memcpy(t->bs[b], bs, 32);
+        }
+        t->dx[b][0] = t->dx[b][1] = t->d1[b] = ld_f32(xb);
+    }
+}
+
+static const int16_t k4_sidx[2][4][32] = {
+#define K4_SIDX(a, b, o) {a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, \
+                          b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o}
+    {K4_SIDX(0, 2, 0), K4_SIDX(1, 3, 0), K4_SIDX(4, 6, 0), K4_SIDX(5, 7, 0)},
+    {K4_SIDX(0, 2, 16), K4_SIDX(1, 3, 16), K4_SIDX(4, 6, 16), K4_SIDX(5, 7, 16)},
+#undef K4_SIDX
+};
+
+/* k4_scmin on four 16-byte lanes at once */
+static inline __m512i k4_scmin4(__m512i v) {
+    __m512i a = _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+    a = _mm512_mask_srli_epi16(a, 0xc0c0c0c0u, a, 4);
+    a = _mm512_and_si512(a, _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15)));
+    const __m512i b = _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+    return _mm512_or_si512(a, _mm512_and_si512(_mm512_srli_epi16(b, 2), _mm512_set1_epi8(0x30)));
+}
+
+/* 16 bytes at each of p[0..3] as the four 128-bit lanes of a zmm */
+static inline __m512i ld128x4(const uint8_t *const p[KG]) {
+    __m512i v = _mm512_castsi128_si512(ld128(p[0]));
+    v = _mm512_inserti32x4(v, ld128(p[1]), 1);
+    v = _mm512_inserti32x4(v, ld128(p[2]), 2);
+    return _mm512_inserti32x4(v, ld128(p[3]), 3);
+}
+
+static inline __m512i two256(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(ld256(a)), ld256(b), 1);
+}
+
+/* The row's sum += r[0], r[2], ... r[2(ng - 1)] (the even lanes), in order */
+static inline float kg_add_even(float sum, __m256 r, int ng) {
+    const __m128 lo = _mm256_castps256_ps128(r), hi = _mm256_extractf128_ps(r, 1);
+    sum = sum + _mm_cvtss_f32(lo);
+    if (ng > 1) sum = sum + _mm_cvtss_f32(_mm_movehl_ps(lo, lo));
+    if (ng > 2) sum = sum + _mm_cvtss_f32(hi);
+    if (ng > 3) sum = sum + _mm_cvtss_f32(_mm_movehl_ps(hi, hi));
+    return sum;
+}
+
+static inline uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int five = type == KERN_TYPE_Q5_K;
+    const size_t nb = j->n_in / KERN_QK_K, wbb = five ? 176 : 144;
+    kx_tab t;
+    kx_prep(1, j->Xq, nb, &t);
+    const __m512i k0f = _mm512_set1_epi8(0x0f), k16 = _mm512_set1_epi8(16);
+    for (size_t o = lo; o < hi; o++) {
+        const uint8_t *row = j->W + o * j->row_bytes;
+        float sum = 0;
+        for (size_t b0 = 0; b0 < nb; b0 += KG) {
+            const int ng = nb - b0 < KG ? (int)(nb - b0) : KG;
+            const uint8_t *w[KG], *ws[KG];
+#pragma GCC unroll 4
+            for (int g = 0; g < KG; g++) w[g] = row + (b0 + (size_t)(g < ng ? g : ng - 1)) * wbb, ws[g] = w[g] + 4;
+            const __m512i scm = k4_scmin4(ld128x4(ws)); /* lane g: super-block g's 8 scales, 8 mins */
+            const __m512i s[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(scm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(scm, 1))};
+            __m256i v[2 * KG]; /* a_0, m_0, a_1, m_1, ...: the 8 lanes of each sum to isc_g, im_g */
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m512i m = _mm512_madd_epi16(s[h], _mm512_loadu_si512(t.bs[b0 + 2 * h]));
+                v[4 * h + 1] = _mm512_castsi512_si256(m), v[4 * h + 3] = _mm512_extracti64x4_epi64(m, 1);
+            }
+#pragma GCC unroll 4
+            for (int g = 0; g < KG; g++) {
+                const uint8_t *qs = w[g] + (five ? 48 : 16);
+                const int8_t *x = t.x + 256 * (b0 + (size_t)g);
+                const __m512i hb = five ? _mm512_broadcast_i64x4(ld256(w[g] + 16)) : _mm512_setzero_si512();
+                __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 2
+                for (int p = 0; p < 2; p++) {
+                    const __m512i q = _mm512_loadu_si512(qs + 64 * p);
+                    __m512i ql = _mm512_and_si512(q, k0f), qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), k0f);
+                    if (five) { /* the 16 of value 32j + l is bit j of qh[l] */
+                        const __mmask64 up = 0xffffffff00000000ull;
+                        const __m512i bl = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p))), _mm512_set1_epi8((char)(1 << (4 * p + 2))));
+                        const __m512i bh = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p + 1))), _mm512_set1_epi8((char)(1 << (4 * p + 3))));
+                        ql = _mm512_mask_add_epi8(ql, _mm512_test_epi8_mask(hb, bl), ql, k16);
+                        qh = _mm512_mask_add_epi8(qh, _mm512_test_epi8_mask(hb, bh), qh, k16);
+                    }
+                    const __m512i sl = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p]), s[g / 2]);
+                    const __m512i sh = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p + 1]), s[g / 2]);
+                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(ql, _mm512_load_si512(x + 128 * p)), sl);
+                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qh, _mm512_load_si512(x + 128 * p + 64)), sh);
+                }
+                v[2 * g] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+            }
+            const __m256 f = _mm256_cvtepi32_ps(gv_reduce8(v));
+            /* d, dmin of each super-block: lanes 2g, 2g + 1 */
+            const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(w[0]), (int)ld32(w[1]), (int)ld32(w[2]), (int)ld32(w[3])));
+            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f); /* (d * dx) * isc, (dmin * dx) * im */
+            sum = kg_add_even(sum, _mm256_sub_ps(p, _mm256_movehdup_ps(p)), ng);
+        }
+        j->Y[o] = sum;
+    }
+}
+
+/* Q6_K decode, the same scheme with the values in their natural order (x copied as it is): per group,
+ * the 16 int8 scales of each super-block widened in one go, the -32 of every value taken back
+ * as 32 * sum_k sc_k * bsums_k, and the 4 integer sums reduced by a hadd tree. */
+static const int16_t q6_sidx2[2][4][32] = {
+#define Q6_SIDX(c, o) {4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o,                      \
+                       4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, \
+                       4 * c + 1 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, \
+                       4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, \
+                       4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o}
+    {Q6_SIDX(0, 0), Q6_SIDX(1, 0), Q6_SIDX(2, 0), Q6_SIDX(3, 0)},
+    {Q6_SIDX(0, 16), Q6_SIDX(1, 16), Q6_SIDX(2, 16), Q6_SIDX(3, 16)},
+#undef Q6_SIDX
+};
+
+static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *j, size_t lo, size_t hi) {
+    const size_t nb = j->n_in / KERN_QK_K, wbb = 210;
+    kx_tab t;
+    kx_prep(0, j->Xq, nb, &t);
+    const __m512i k0f = _mm512_set1_epi8(0x0f), k30 = _mm512_set1_epi8(0x30);
+    /* 16-bit shifts of the qh bytes (bits 4, 5 of a byte only take that byte's bits) */
+    const __m512i sha = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
+    const __m512i shb = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
+    for (size_t o = lo; o < hi; o++) {
+        const uint8_t *row = j->W + o * j->row_bytes;
+        float sum = 0;
+        for (size_t b0 = 0; b0 < nb; b0 += KG) {
+            const int ng = nb - b0 < KG ? (int)(nb - b0) : KG;
+            const uint8_t *w[KG], *ws[KG];
+            const int8_t *x[KG];
+#pragma GCC unroll 4
+            for (int g = 0; g < KG; g++) {
+                const size_t b = b0 + (size_t)(g < ng ? g : ng - 1);
+                w[g] = row + b * wbb, ws[g] = w[g] + 192, x[g] = t.x + 256 * (b0 + (size_t)g);
+            }
+            const __m512i sc = ld128x4(ws); /* lane g: super-block g's 16 scales */
+            const __m512i s[2] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(sc)), _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sc, 1))};
+            __m256i v[KG];
+#pragma GCC unroll 4
+            for (int g = 0; g < KG; g++) {
+                const uint8_t *ql = w[g], *qh = w[g] + 128;
+                __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) { /* values 128h + 32k + l: ql nibble k >> 1 of byte 64h + 32(k & 1) + l, qh bits 2k */
+                    const __m512i l = _mm512_loadu_si512(ql + 64 * h), hb = _mm512_broadcast_i64x4(ld256(qh + 32 * h));
+                    /* (a & 0x0f) | b, b already masked: vpternlogd 0xec */
+                    const __m512i q0 = _mm512_ternarylogic_epi32(l, _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30), k0f, 0xec);
+                    const __m512i q1 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30), k0f, 0xec);
+                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q0, _mm512_load_si512(x[g] + 128 * h)),
+                                              _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_sidx2[g & 1][2 * h]), s[g / 2]));
+                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q1, _mm512_load_si512(x[g] + 128 * h + 64)),
+                                              _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_sidx2[g & 1][2 * h + 1]), s[g / 2]));
+                }
+                v[g] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+            }
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) { /* the -32: 32 * sum_k sc_k * bsums_k */
+                const __m512i m = _mm512_slli_epi32(_mm512_madd_epi16(s[h], _mm512_loadu_si512(t.bs[b0 + 2 * h])), 5);
+                v[2 * h] = _mm256_sub_epi32(v[2 * h], _mm512_castsi512_si256(m));
+                v[2 * h + 1] = _mm256_sub_epi32(v[2 * h + 1], _mm512_extracti64x4_epi64(m, 1));
+            }
+            const __m256i r = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            const __m128 f = _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16(ld16(w[0] + 208), ld16(w[1] + 208), ld16(w[2] + 208), ld16(w[3] + 208), 0, 0, 0, 0));
+            const __m128 p = _mm_mul_ps(_mm_mul_ps(dw, _mm_loadu_ps(t.d1 + b0)), f); /* (d * dx) * isum */
+            sum = sum + _mm_cvtss_f32(p);
+            if (ng > 1) sum = sum + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
+            if (ng > 2) sum = sum + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 2));
+            if (ng > 3) sum = sum + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 3));
+        }
+        j->Y[o] = sum;
+    }
+}
+#endif
+
 /* n_tok > 1: per row, tokens in groups of GK_T; each super-block is unpacked once per group and
  * meets every token of it, with the chains of the group's tokens kept side by side. */
 #define GK_T 16
@@ -214,9 +433,14 @@ static inline __attribute__((always_inline)) void act_k_gemm(uint32_t type, cons
     }
 }
 
+#if VL == 16
+#define ACTK_GEMV(t, j, lo, hi) ((t) == KERN_TYPE_Q6_K ? act_q6_gemv16(j, lo, hi) : act_k4_gemv16(t, j, lo, hi))
+#else
+#define ACTK_GEMV act_k_gemv
+#endif
 #define ACTK_DEF(T)                                                                    \
     static void actk_##T(const kern__mm *j, size_t lo, size_t hi) {                    \
-        if (j->n_tok == 1) act_k_gemv(KERN_TYPE_##T, j, lo, hi);                        \
+        if (j->n_tok == 1) ACTK_GEMV(KERN_TYPE_##T, j, lo, hi);                         \
         else act_k_gemm(KERN_TYPE_##T, j, lo, hi);                                      \
     }
 ACTK_DEF(Q4_K)
