@@ -32,9 +32,14 @@ float kern__vec_dot_act_k(uint32_t wtype, const void *wrow, const void *xq, size
 /* Bytes of kern__mm.scratch, laid out as: the repacked row tile (nb * 8 64-byte vectors, used by
  * AVX-512), then floats dx, sx (n_tok * nb each) and the row tile's scales wd, wm (nb * 16 each),
  * then int32 cx (n_tok * nb); nb = n_in / 32 blocks. 16 is the largest row tile (GM_R). */
+/* K-quants (simd_tmpl_actk.h) lay it out per super-block instead (kb = n_in / 256): the repacked row
+ * tile (64 vectors), its scales (16) and d, dmin (2), then per token and super-block dx and 16
+ * int32 (the bsums terms); the larger of the two layouts is what a thread gets. */
 static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
-    const size_t nb = n_in / 32;
-    return nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t);
+    const size_t nb = n_in / 32, kb = n_in / 256;
+    const size_t q = nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t);
+    const size_t k = kb * (64 + 16 + 2) * 64 + n_tok * kb * (sizeof(float) + 16 * sizeof(int32_t));
+    return q > k ? q : k;
 }
 
 /* Thread ith's scratch of pool p (pool.c), grown to at least `bytes` (it only grows, so a

@@ -434,14 +434,236 @@ static inline __attribute__((always_inline)) void act_k_gemm(uint32_t type, cons
 }
 
 #if VL == 16
+/* AVX-512 GEMM: rows in lanes. A tile of KM_R = 16 rows is repacked once per call into the
+ * scratch, super-block by super-block: 64 vectors whose lane r holds values 4i..4i+3 of row r
+ * (unsigned: Q4_K 0..15, Q5_K 0..31, Q6_K 0..63), the sub-block scales of the 16 rows as int32
+ * lanes (K4: and the mins in int16 pairs), d and dmin as floats. Then for each token, per
+ * sub-block: vpdpbusd of the 16 rows' values with the token's 4 activation bytes broadcast
+ * (Q6_K starts from -32 * bsum of the sub-block), times the scales (vpmulld), summed: each lane is
+ * its row's exact isum (isc); K4's im by vpdpwssd of the min pairs with the token's pairs of
+ * sums of 32. The float steps run lane-wise, lane r being row r's own scalar chain, so every
+ * (row, token) is bitwise the reference. Tokens in tiles of KM_T (a last partial tile repeats
+ * its last token: computed, not stored); the tile's repacked rows stay in L2 across them. */
+#define KM_R 16
+#define KM_T 8
+
+typedef struct {
+    __m512i *pk; /* [64 b + i]: lane r = values 4i..4i+3 of row r */
+    __m512i *sc; /* [16 b + j]: lane r = row r's scale of sub-block j; K4: [16 b + 8 + i] = (m_2i, m_2i+1) */
+    __m512 *dw;  /* [2 b]: d of each row, [2 b + 1]: dmin */
+    float *dx;   /* [t nb + b] */
+    int32_t *cx; /* [16 (t nb + b) + k]: Q6_K: -32 bsums_k; K4 (k < 4): sums of 32 2k, 2k+1 as int16 pairs */
+} km_buf;
+
+/* 16 bytes at offset off of each of the 16 rows -> q[k] lane r = bytes 4k..4k+3 of row r */
+static inline __attribute__((always_inline)) void km_tr16x4(const uint8_t *const w[KM_R], size_t off, __m512i q[4]) {
+    __m512i a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* 128-bit lane l of a[i]: row 4l + i */
+        __m512i v = _mm512_castsi128_si512(ld128(w[i] + off));
+        v = _mm512_inserti32x4(v, ld128(w[4 + i] + off), 1);
+        v = _mm512_inserti32x4(v, ld128(w[8 + i] + off), 2);
+        a[i] = _mm512_inserti32x4(v, ld128(w[12 + i] + off), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    q[0] = _mm512_unpacklo_epi64(t0, t2), q[1] = _mm512_unpackhi_epi64(t0, t2);
+    q[2] = _mm512_unpacklo_epi64(t1, t3), q[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* Carves j->scratch (kern__act_scratch_bytes) and fills the per-token tables */
+static void km_prep(uint32_t type, const kern__mm *j, size_t nb, km_buf *m) {
+    uint8_t *p = j->scratch;
+    m->pk = (__m512i *)p, p += nb * 64 * 64;
+    m->sc = (__m512i *)p, p += nb * 16 * 64;
+    m->dw = (__m512 *)p, p += nb * 2 * 64;
+    m->dx = (float *)p, p += j->n_tok * nb * sizeof(float);
+    m->cx = (int32_t *)p;
+    for (size_t t = 0; t < j->n_tok; t++)
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *xb = j->Xq + t * j->act_bytes + b * KERN__Q8K_BYTES;
+            int16_t bs[16];
+            int32_t *c = m->cx + 16 * (t * nb + b);
+            memcpy(bs, xb + K8_BS, 32);
+            m->dx[t * nb + b] = ld_f32(xb);
+            if (type == KERN_TYPE_Q6_K) {
+                for (int k = 0; k < 16; k++) c[k] = -32 * bs[k];
+            } else {
+                for (int k = 0; k < 4; k++)
+                    c[k] = (int32_t)((uint32_t)(uint16_t)(bs[4 * k] + bs[4 * k + 1]) | (uint32_t)(uint16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+                memset(c + 4, 0, 12 * sizeof(int32_t));
+            }
+        }
+}
+
+/* Super-block b of the tile's rows w[] -> m (see km_buf) */
+static inline __attribute__((always_inline)) void km_repack(uint32_t type, const uint8_t *const w[KM_R], size_t b, km_buf *m) {
+    const __m512i k0f = _mm512_set1_epi8(0x0f), k30 = _mm512_set1_epi8(0x30), kff = _mm512_set1_epi32(0xff);
+    __m512i *pk = m->pk + 64 * b, *sc = m->sc + 16 * b, q[4];
+    if (type == KERN_TYPE_Q6_K) {
+        const size_t off = 210 * b;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+#pragma GCC unroll 2
+            for (int s = 0; s < 2; s++) { /* values 128h + 32k + 16s + 4i + e: dword 32h + 8k + 4s + i */
+                __m512i l0[4], l1[4];
+                km_tr16x4(w, off + 64 * h + 16 * s, l0);
+                km_tr16x4(w, off + 64 * h + 32 + 16 * s, l1);
+                km_tr16x4(w, off + 128 + 32 * h + 16 * s, q);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) {
+                    __m512i *d = pk + 32 * h + 4 * s + i;
+                    d[0] = _mm512_ternarylogic_epi32(l0[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 4), k30), k0f, 0xec);
+                    d[8] = _mm512_ternarylogic_epi32(l1[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 2), k30), k0f, 0xec);
+                    d[16] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0[i], 4), _mm512_and_si512(q[i], k30), k0f, 0xec);
+                    d[24] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1[i], 4), _mm512_and_si512(_mm512_srli_epi16(q[i], 2), k30), k0f, 0xec);
+                }
+            }
+        km_tr16x4(w, off + 192, q); /* q[k] lane r: scales 4k..4k+3 of row r, int8 */
+#pragma GCC unroll 16
+        for (int k = 0; k < 16; k++) sc[k] = _mm512_srai_epi32(_mm512_slli_epi32(q[k / 4], 24 - 8 * (k % 4)), 24);
+        uint16_t d[KM_R];
+        for (int r = 0; r < KM_R; r++) d[r] = (uint16_t)ld16(w[r] + off + 208);
+        m->dw[2 * b] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
+        return;
+    }
+    const int five = type == KERN_TYPE_Q5_K;
+    const size_t off = (five ? 176 : 144) * b, qs = off + (five ? 48 : 16);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) { /* qs byte 32c + 16h + 4k + e: values 64c + 16h + 4k + e (low nibble), + 32 (high) */
+            km_tr16x4(w, qs + 32 * c + 16 * h, q);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                pk[16 * c + 4 * h + k] = _mm512_and_si512(q[k], k0f);
+                pk[16 * c + 8 + 4 * h + k] = _mm512_and_si512(_mm512_srli_epi16(q[k], 4), k0f);
+            }
+        }
+    if (five)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) { /* bit j of qh[16h + 4k + e]: the 16 of value 32j + 16h + 4k + e */
+            km_tr16x4(w, off + 16 + 16 * h, q);
+            for (int jj = 0; jj < 8; jj++)
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    __m512i *d = pk + 8 * jj + 4 * h + k;
+                    *d = _mm512_mask_add_epi8(*d, _mm512_test_epi8_mask(q[k], _mm512_set1_epi8((char)(1 << jj))), *d, _mm512_set1_epi8(16));
+                }
+        }
+    __attribute__((aligned(64))) uint8_t sm[KM_R][16];
+    uint32_t dd[KM_R];
+    const uint8_t *sp[KM_R];
+    for (int r = 0; r < KM_R; r++) {
+        _mm_store_si128((__m128i *)sm[r], k4_scmin(w[r] + off + 4));
+        dd[r] = ld32(w[r] + off), sp[r] = sm[r];
+    }
+    km_tr16x4(sp, 0, q); /* q[0], q[1]: scales 0..3, 4..7; q[2], q[3]: mins */
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) sc[k] = _mm512_and_si512(_mm512_srli_epi32(q[k / 4], 8 * (k % 4)), kff);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* (m_2i, m_2i+1): bytes 2(i % 2), +1 of q[2 + i / 2] as int16s */
+        const __m512i u = i % 2 ? _mm512_srli_epi32(q[2 + i / 2], 16) : q[2 + i / 2];
+        sc[8 + i] = _mm512_or_si512(_mm512_and_si512(u, kff), _mm512_slli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0xff00)), 8));
+    }
+    const __m512i dv = _mm512_loadu_si512(dd);
+    m->dw[2 * b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
+    m->dw[2 * b + 1] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dv, 16)));
+}
+
+static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const size_t nb = j->n_in / KERN_QK_K, nt = j->n_tok;
+    const int q6 = type == KERN_TYPE_Q6_K;
+    if (!j->scratch) { /* no scratch (no memory): one token at a time, same results */
+        for (size_t t = 0; t < nt; t++) {
+            kern__mm one = *j;
+            one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
+            if (q6) act_q6_gemv16(&one, lo, hi);
+            else act_k4_gemv16(type, &one, lo, hi);
+        }
+        return;
+    }
+    km_buf m;
+    km_prep(type, j, nb, &m);
+    for (size_t o = lo; o < hi; o += KM_R) {
+        const int R = hi - o < KM_R ? (int)(hi - o) : KM_R;
+        const uint8_t *w[KM_R]; /* rows past R repeat the last one: computed, not stored */
+        for (int r = 0; r < KM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * j->row_bytes;
+        for (size_t b = 0; b < nb; b++) km_repack(type, w, b, &m);
+        for (size_t t0 = 0; t0 < nt; t0 += KM_T) {
+            const int T = nt - t0 < KM_T ? (int)(nt - t0) : KM_T;
+            size_t tk[KM_T];
+            const uint8_t *xr[KM_T];
+            for (int t = 0; t < KM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + K8_QS;
+            __m512 sum[KM_T];
+#pragma GCC unroll 8
+            for (int t = 0; t < KM_T; t++) sum[t] = _mm512_setzero_ps();
+            for (size_t b = 0; b < nb; b++) {
+                const __m512i *pk = m.pk + 64 * b, *sc = m.sc + 16 * b;
+                __m512i acc[KM_T];
+#pragma GCC unroll 8
+                for (int t = 0; t < KM_T; t++) acc[t] = _mm512_setzero_si512();
+                /* sub-blocks of 8 (K4) or 4 (Q6_K) dwords; Q6_K two at a time */
+#pragma GCC unroll 1
+                for (int sb = 0; sb < 8; sb++) {
+                    __m512i wv[8];
+#pragma GCC unroll 8
+                    for (int i = 0; i < 8; i++) wv[i] = _mm512_load_si512(pk + 8 * sb + i);
+#pragma GCC unroll 8
+                    for (int t = 0; t < KM_T; t++) {
+                        const uint8_t *x = xr[t] + b * KERN__Q8K_BYTES + 32 * sb;
+                        if (q6) {
+                            const int32_t *c = m.cx + 16 * (tk[t] * nb + b) + 2 * sb;
+                            __m512i s0 = _mm512_set1_epi32(c[0]), s1 = _mm512_set1_epi32(c[1]);
+#pragma GCC unroll 4
+                            for (int i = 0; i < 4; i++) {
+                                s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32((int)ld32(x + 4 * i)));
+                                s1 = _mm512_dpbusd_epi32(s1, wv[4 + i], _mm512_set1_epi32((int)ld32(x + 16 + 4 * i)));
+                            }
+                            acc[t] = _mm512_add_epi32(acc[t], _mm512_add_epi32(_mm512_mullo_epi32(s0, sc[2 * sb]), _mm512_mullo_epi32(s1, sc[2 * sb + 1])));
+                        } else {
+                            __m512i s0 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                            for (int i = 0; i < 8; i++) s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32((int)ld32(x + 4 * i)));
+                            acc[t] = _mm512_add_epi32(acc[t], _mm512_mullo_epi32(s0, sc[sb]));
+                        }
+                    }
+                }
+                const __m512 dw = m.dw[2 * b];
+#pragma GCC unroll 8
+                for (int t = 0; t < KM_T; t++) {
+                    const size_t ib = tk[t] * nb + b;
+                    const __m512 dx = _mm512_set1_ps(m.dx[ib]), f = _mm512_cvtepi32_ps(acc[t]);
+                    if (q6) {
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_mul_ps(_mm512_mul_ps(dw, dx), f));
+                    } else {
+                        const int32_t *c = m.cx + 16 * ib;
+                        __m512i im = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) im = _mm512_dpwssd_epi32(im, sc[8 + i], _mm512_set1_epi32(c[i]));
+                        const __m512 a = _mm512_mul_ps(dw, dx), mn = _mm512_mul_ps(m.dw[2 * b + 1], dx);
+                        sum[t] = _mm512_add_ps(sum[t], _mm512_sub_ps(_mm512_mul_ps(a, f), _mm512_mul_ps(mn, _mm512_cvtepi32_ps(im))));
+                    }
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                float v[KM_R];
+                _mm512_storeu_ps(v, sum[t]);
+                for (int r = 0; r < R; r++) j->Y[(t0 + (size_t)t) * j->n_out + o + r] = v[r];
+            }
+        }
+    }
+}
+#define ACTK_GEMM act_k_gemm16
 #define ACTK_GEMV(t, j, lo, hi) ((t) == KERN_TYPE_Q6_K ? act_q6_gemv16(j, lo, hi) : act_k4_gemv16(t, j, lo, hi))
 #else
+#define ACTK_GEMM act_k_gemm
 #define ACTK_GEMV act_k_gemv
 #endif
 #define ACTK_DEF(T)                                                                    \
     static void actk_##T(const kern__mm *j, size_t lo, size_t hi) {                    \
         if (j->n_tok == 1) ACTK_GEMV(KERN_TYPE_##T, j, lo, hi);                         \
-        else act_k_gemm(KERN_TYPE_##T, j, lo, hi);                                      \
+        else ACTK_GEMM(KERN_TYPE_##T, j, lo, hi);                                       \
     }
 ACTK_DEF(Q4_K)
 ACTK_DEF(Q5_K)
