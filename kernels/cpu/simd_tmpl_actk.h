@@ -3,15 +3,19 @@
  * weights against Q8_K activations, and the Q8_K activation quantiser.
  *
  * The arithmetic is the one act_quant_k.c defines: per super-block an exact integer sum, then
- * fixed float steps. Here the integer part is SIMD (weights unpacked to unsigned bytes in their
- * natural order, vpmaddubsw against the activation bytes, then vpmaddwd / vpdpwssd with the
- * sub-block scales; Q6_K's -32 and the K4 mins come back through the Q8_K bsums) and the float
- * steps are the reference's, one (row, token) at a time in scalar code, so every output is
- * bitwise the scalar reference's, whatever n_tok or the thread split.
+ * fixed float steps. Every kernel here computes the integers exactly (in any order: integer
+ * addition is associative) and then repeats the reference's float steps for each (row, token) in
+ * the reference's order, in a scalar register or in a lane of its own, so every output is bitwise
+ * the scalar reference's, whatever n_tok or the thread split. Q6_K's -32 and the K4 mins come
+ * back through the Q8_K bsums.
  *
- * One token (decode): act_k_gemv, one row at a time: W is read as one sequential stream and
- * every super-block is unpacked once. More tokens: act_k_gemm, the same per-(row, token) steps
- * with each super-block unpacked once per row and group of tokens. */
+ * AVX2 (VL 8): one row at a time, each super-block unpacked in registers to unsigned bytes in
+ * their natural order, vpmaddubsw against the activation bytes, vpmaddwd with the sub-block
+ * scales; the GEMM unpacks a super-block once per tile of rows x tokens.
+ * AVX-512 (VL 16): the decode GEMV is one row at a time too (W read as one sequential stream),
+ * vpmaddubsw + vpdpwssd, super-blocks in groups of 4 so that their scale unpacking, reductions
+ * and float products share vectors; the GEMM repacks 16-row tiles so that lanes are rows and
+ * runs vpdpbusd against broadcast activations. */
 
 #define K8_QS 4   /* byte offset of qs[256] in a Q8_K block */
 #define K8_BS 260 /* of bsums[16] */
@@ -36,28 +40,17 @@ static inline __m128i k4_scmin(const uint8_t *s) {
     return _mm_or_si128(a, _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30))); /* bits 6, 7 -> 4, 5 */
 }
 
+#if VL == 8
+/* ---- AVX2: one row at a time, the super-block unpacked in registers ---- */
+
 /* One weight super-block, unpacked: the 256 values (Q4_K/Q5_K 0..31, Q6_K 0..63 before its
  * -32) in order, the int16 scale of every vpmaddubsw output lane, and the int16 factor of every
  * bsums lane (K4: the min m_{k/2}; Q6_K: the scale sc_k). */
 typedef struct {
-#if VL == 16
-    __m512i q[4], s[4]; /* q[c]: values 64c..64c+63 */
-#else
     __m256i q[8], s[8]; /* q[c]: values 32c..32c+31 */
-#endif
     __m256i c;
     float dw, dm; /* d (and dmin) as floats */
 } ksb;
-
-#if VL == 16
-static const int16_t q6_sidx[4][32] = {
-#define Q6_SIDX(c) {4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, \
-                    4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, \
-                    4 * c + 2, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3}
-    Q6_SIDX(0), Q6_SIDX(1), Q6_SIDX(2), Q6_SIDX(3)
-#undef Q6_SIDX
-};
-#endif
 
 static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, const uint8_t *w, ksb *u) {
     if (type == KERN_TYPE_Q6_K) {
@@ -65,23 +58,6 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
         const uint8_t *ql = w, *qh = w + 128;
         u->c = _mm256_cvtepi8_epi16(sc8);
         u->dw = h2f(w + 208), u->dm = 0;
-#if VL == 16
-        const __m512i s32 = _mm512_castsi256_si512(u->c), k0f = _mm512_set1_epi8(0x0f), k30 = _mm512_set1_epi8(0x30);
-        /* 16-bit shifts of the qh bytes (bits 4, 5 of a byte only take that byte's bits) */
-        const __m512i sha = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
-        const __m512i shb = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) { /* values 128h + 32k + l: ql nibble k >> 1 of byte 64h + 32(k & 1) + l, qh bits 2k */
-            const __m512i l = _mm512_loadu_si512(ql + 64 * h), hb = _mm512_broadcast_i64x4(ld256(qh + 32 * h));
-            /* (a & 0x0f) | b, b already masked: vpternlogd 0xec */
-            u->q[2 * h] = _mm512_ternarylogic_epi32(l, _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30), k0f, 0xec);
-            u->q[2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30),
-                                                        k0f, 0xec);
-        }
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) /* word i of q[c]'s products: sub-block 4c + i / 8 */
-            u->s[c] = _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_sidx[c]), s32);
-#else
         const __m256i k0f = _mm256_set1_epi8(0x0f), k30 = _mm256_set1_epi8(0x30);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
@@ -96,7 +72,6 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
         for (int c = 0; c < 8; c++) /* q[c]: sub-blocks 2c (words 0..7) and 2c + 1 */
             u->s[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, _mm_set_epi64x(0x0101010101010101ll * (2 * c + 1),
                                                                                    0x0101010101010101ll * (2 * c))));
-#endif
         return;
     }
     /* Q4_K, Q5_K: qs byte l of chunk c (32 bytes) holds value 64c + l (low nibble) and 64c + 32 + l */
@@ -105,24 +80,6 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
     const __m128i scm = k4_scmin(w + 4);
     u->c = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
     u->dw = h2f(w), u->dm = h2f(w + 2);
-#if VL == 16
-    const __m512i s32 = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(scm)), k0f = _mm512_set1_epi8(0x0f);
-    const __m512i hb = five ? _mm512_broadcast_i64x4(ld256(qh)) : _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        __m512i q = _mm512_broadcast_i64x4(ld256(qs + 32 * c));
-        q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xffff0000u, q, 4), k0f);
-        if (five) { /* bit 2c of qh[l] for value 64c + l, bit 2c + 1 for 64c + 32 + l */
-            const __m512i bit = _mm512_mask_blend_epi8(0xffffffff00000000ull, _mm512_set1_epi8((char)(1 << (2 * c))),
-                                                       _mm512_set1_epi8((char)(1 << (2 * c + 1))));
-            q = _mm512_or_si512(q, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(hb, bit), _mm512_set1_epi8(16)));
-        }
-        u->q[c] = q;
-        u->s[c] = _mm512_permutexvar_epi16(_mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(2 * c)),
-                                                                   _mm512_set1_epi16((short)(2 * c + 1))),
-                                           s32);
-    }
-#else
     const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm)), k0f = _mm256_set1_epi8(0x0f);
     const __m256i hb = five ? ld256(qh) : _mm256_setzero_si256();
 #pragma GCC unroll 4
@@ -139,25 +96,16 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
         }
         u->s[j] = _mm256_shuffle_epi8(s16, _mm256_set1_epi16((short)(((2 * j + 1) << 8) | (2 * j))));
     }
-#endif
 }
 
 /* The exact integer sums of one unpacked super-block against one Q8_K block xb:
  * lane 0 = isum (Q6_K) or isc (K4), lane 1 = im (K4). */
 static inline __attribute__((always_inline)) __m128i ksb_dot(uint32_t type, const ksb *u, const uint8_t *xb) {
     const uint8_t *xq = xb + K8_QS;
-#if VL == 16
-    __m512i acc = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++)
-        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u->q[c], _mm512_loadu_si512(xq + 64 * c)), u->s[c]);
-    __m256i a = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-#else
     __m256i a = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int c = 0; c < 8; c++)
         a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u->q[c], ld256(xq + 32 * c)), u->s[c]));
-#endif
     __m256i m = _mm256_madd_epi16(ld256(xb + K8_BS), u->c);
     if (type == KERN_TYPE_Q6_K) a = _mm256_sub_epi32(a, _mm256_slli_epi32(m, 5)), m = a; /* the -32 of every value */
     const __m256i t = _mm256_hadd_epi32(a, m);
@@ -192,7 +140,37 @@ static inline __attribute__((always_inline)) void act_k_gemv(uint32_t type, cons
     }
 }
 
-#if VL == 16
+/* n_tok > 1: tiles of GK_R rows x GK_T tokens; each super-block of a row is unpacked once per
+ * tile and meets every token of it (the tile's activations stay in L1/L2 across its rows). */
+#define GK_R 8
+#define GK_T 16
+static inline __attribute__((always_inline)) void act_k_gemm(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const size_t nb = j->n_in / KERN_QK_K, wbb = k_block_bytes(type), nt = j->n_tok, xs = j->act_bytes;
+    for (size_t o0 = lo; o0 < hi; o0 += GK_R) {
+        const size_t R = hi - o0 < GK_R ? hi - o0 : GK_R;
+        for (size_t t0 = 0; t0 < nt; t0 += GK_T) {
+            const size_t T = nt - t0 < GK_T ? nt - t0 : GK_T;
+            const uint8_t *x = j->Xq + t0 * xs;
+            float sum[GK_R][GK_T] = {{0}};
+            for (size_t b = 0; b < nb; b++)
+                for (size_t r = 0; r < R; r++) {
+                    ksb u;
+                    ksb_unpack(type, j->W + (o0 + r) * j->row_bytes + b * wbb, &u);
+                    for (size_t t = 0; t < T; t++) {
+                        const uint8_t *xb = x + t * xs + b * KERN__Q8K_BYTES;
+                        sum[r][t] = ksb_step(type, &u, ksb_dot(type, &u, xb), ld_f32(xb), sum[r][t]);
+                    }
+                }
+            for (size_t r = 0; r < R; r++)
+                for (size_t t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o0 + r] = sum[r][t];
+        }
+    }
+}
+#define ACTK_GEMM act_k_gemm
+#define ACTK_GEMV act_k_gemv
+
+#else /* VL == 16 */
+
 /* AVX-512 decode (one row at a time, super-blocks in groups of KG = 4).
  * Q4_K/Q5_K: one 64-byte load of qs holds chunks 2p and 2p + 1, i.e. (low nibbles) values
  * 128p + l and 128p + 64 + l and (high nibbles) 128p + 32 + l and 128p + 96 + l, l < 32; the
@@ -407,33 +385,7 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
         j->Y[o] = sum;
     }
 }
-#endif
 
-/* n_tok > 1: per row, tokens in groups of GK_T; each super-block is unpacked once per group and
- * meets every token of it, with the chains of the group's tokens kept side by side. */
-#define GK_T 16
-static inline __attribute__((always_inline)) void act_k_gemm(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
-    const size_t nb = j->n_in / KERN_QK_K, wbb = k_block_bytes(type), nt = j->n_tok, xs = j->act_bytes;
-    for (size_t o = lo; o < hi; o++) {
-        const uint8_t *row = j->W + o * j->row_bytes;
-        for (size_t t0 = 0; t0 < nt; t0 += GK_T) {
-            const size_t T = nt - t0 < GK_T ? nt - t0 : GK_T;
-            const uint8_t *x = j->Xq + t0 * xs;
-            float sum[GK_T] = {0};
-            for (size_t b = 0; b < nb; b++) {
-                ksb u;
-                ksb_unpack(type, row + b * wbb, &u);
-                for (size_t t = 0; t < T; t++) {
-                    const uint8_t *xb = x + t * xs + b * KERN__Q8K_BYTES;
-                    sum[t] = ksb_step(type, &u, ksb_dot(type, &u, xb), ld_f32(xb), sum[t]);
-                }
-            }
-            for (size_t t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o] = sum[t];
-        }
-    }
-}
-
-#if VL == 16
 /* AVX-512 GEMM: rows in lanes. A tile of KM_R = 16 rows is repacked once per call into the
  * scratch, super-block by super-block: 64 vectors whose lane r holds values 4i..4i+3 of row r
  * (unsigned: Q4_K 0..15, Q5_K 0..31, Q6_K 0..63), the sub-block scales of the 16 rows as int32
@@ -656,10 +608,8 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
 }
 #define ACTK_GEMM act_k_gemm16
 #define ACTK_GEMV(t, j, lo, hi) ((t) == KERN_TYPE_Q6_K ? act_q6_gemv16(j, lo, hi) : act_k4_gemv16(t, j, lo, hi))
-#else
-#define ACTK_GEMM act_k_gemm
-#define ACTK_GEMV act_k_gemv
-#endif
+#endif /* VL */
+
 #define ACTK_DEF(T)                                                                    \
     static void actk_##T(const kern__mm *j, size_t lo, size_t hi) {                    \
         if (j->n_tok == 1) ACTK_GEMV(KERN_TYPE_##T, j, lo, hi);                         \
