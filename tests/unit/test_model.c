@@ -368,8 +368,12 @@ static void run_alone(eng_ctx *c, int s, const int32_t *toks, float *out, uint32
     }
 }
 
+enum { N_TINY = sizeof tiny_cases / sizeof tiny_cases[0] };
+
+/* _i < N_TINY: f32 activations; the same cases again with 8-bit ones (Q8_0/Q8_1/Q8_K) */
 START_TEST(test_tiny_batched_equals_single) {
-    const tiny_case *tc = &tiny_cases[_i];
+    const tiny_case *tc = &tiny_cases[_i % N_TINY];
+    const bool quant_act = _i >= N_TINY;
     char path[] = "/tmp/tokd_tiny_XXXXXX";
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
@@ -380,7 +384,7 @@ START_TEST(test_tiny_batched_equals_single) {
     unlink(path);
     ck_assert_int_eq(eng_model_traits(m)->tied_embd, tc->tied);
     uint32_t V = eng_model_hparams(m)->n_vocab;
-    eng_ctx *c = ctx_or_fail(m, 64, 64, KERN_TYPE_F16);
+    eng_ctx *c = ctx_mode(m, 64, 64, KERN_TYPE_F16, quant_act);
     int32_t toks[TS][TMAX];
     for (int s = 0; s < TS; s++)
         for (int i = 0; i < TMAX; i++) toks[s][i] = (int32_t)((s * 31 + i * 7 + 3) % V);
@@ -416,8 +420,8 @@ START_TEST(test_tiny_batched_equals_single) {
         }
     }
     for (int s = 0; s < TS; s++) ck_assert_int_eq(n_logit[s], 5);
-    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0, "%s/%s: batched logits differ", tc->arch,
-                  kern_type_name(tc->wtype));
+    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0, "%s/%s (%s activations): batched logits differ",
+                  tc->arch, kern_type_name(tc->wtype), quant_act ? "8-bit" : "f32");
     /* and the logits are finite and not all equal (the model actually ran) */
     ck_assert(isfinite(alone[0]) && alone[0] != alone[1]);
     free(alone);
@@ -470,7 +474,7 @@ static Suite *model_suite(void) {
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tiny");
     tcase_set_timeout(tt, 60);
-    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, (int)(sizeof tiny_cases / sizeof tiny_cases[0]));
+    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * N_TINY);
     tcase_add_test(tt, test_bad_models);
     suite_add_tcase(s, tt);
     return s;
