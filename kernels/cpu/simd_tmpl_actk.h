@@ -251,6 +251,14 @@ static inline float kg_add_even(float sum, __m256 r, int ng) {
     return sum;
 }
 
+/* Software prefetch KPF bytes ahead of the bytes [p, p + n) about to be read, up to end (this
+ * thread's last row): the hardware prefetchers stop at each 4 KiB page of the stream */
+#define KPF 4096
+static inline __attribute__((always_inline)) void kg_prefetch(const uint8_t *p, size_t n, const uint8_t *end) {
+    for (size_t k = 0; k < n; k += 64)
+        if (p + KPF + k < end) _mm_prefetch((const char *)(p + KPF + k), _MM_HINT_T0);
+}
+
 static inline uint32_t ld32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -263,6 +271,7 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
     kx_tab t;
     kx_prep(1, j->Xq, nb, &t);
     const __m512i k0f = _mm512_set1_epi8(0x0f), k16 = _mm512_set1_epi8(16);
+    const uint8_t *pf_end = j->W + hi * j->row_bytes;
     for (size_t o = lo; o < hi; o++) {
         const uint8_t *row = j->W + o * j->row_bytes;
         float sum = 0;
@@ -271,6 +280,7 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
             const uint8_t *w[KG], *ws[KG];
 #pragma GCC unroll 4
             for (int g = 0; g < KG; g++) w[g] = row + (b0 + (size_t)(g < ng ? g : ng - 1)) * wbb, ws[g] = w[g] + 4;
+            kg_prefetch(w[0], KG * wbb, pf_end);
             const __m512i scm = k4_scmin4(ld128x4(ws)); /* lane g: super-block g's 8 scales, 8 mins */
             const __m512i s[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(scm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(scm, 1))};
             __m256i v[2 * KG]; /* a_0, m_0, a_1, m_1, ...: the 8 lanes of each sum to isc_g, im_g */
@@ -335,6 +345,7 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
     /* 16-bit shifts of the qh bytes (bits 4, 5 of a byte only take that byte's bits) */
     const __m512i sha = _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
     const __m512i shb = _mm512_mask_blend_epi16(0xffff0000u, _mm512_setzero_si512(), _mm512_set1_epi16(2));
+    const uint8_t *pf_end = j->W + hi * j->row_bytes;
     for (size_t o = lo; o < hi; o++) {
         const uint8_t *row = j->W + o * j->row_bytes;
         float sum = 0;
@@ -347,6 +358,7 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
                 const size_t b = b0 + (size_t)(g < ng ? g : ng - 1);
                 w[g] = row + b * wbb, ws[g] = w[g] + 192, x[g] = t.x + 256 * (b0 + (size_t)g);
             }
+            kg_prefetch(w[0], KG * wbb, pf_end);
             const __m512i sc = ld128x4(ws); /* lane g: super-block g's 16 scales */
             const __m512i s[2] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(sc)), _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sc, 1))};
             __m256i v[KG];
