@@ -40,6 +40,14 @@ static inline __m128i k4_scmin(const uint8_t *s) {
     return _mm_or_si128(a, _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30))); /* bits 6, 7 -> 4, 5 */
 }
 
+/* Software prefetch KPF bytes ahead of the bytes [p, p + n) about to be read, up to end (this
+ * thread's last row): the hardware prefetchers stop at each 4 KiB page of the stream */
+#define KPF 4096
+static inline __attribute__((always_inline)) void kg_prefetch(const uint8_t *p, size_t n, const uint8_t *end) {
+    for (size_t k = 0; k < n; k += 64)
+        if (p + KPF + k < end) _mm_prefetch((const char *)(p + KPF + k), _MM_HINT_T0);
+}
+
 #if VL == 8
 /* ---- AVX2: one row at a time, the super-block unpacked in registers ---- */
 
@@ -128,11 +136,13 @@ static inline size_t k_block_bytes(uint32_t type) { return type == KERN_TYPE_Q4_
 
 static inline __attribute__((always_inline)) void act_k_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const size_t nb = j->n_in / KERN_QK_K, wbb = k_block_bytes(type);
+    const uint8_t *pf_end = j->W + hi * j->row_bytes;
     for (size_t o = lo; o < hi; o++) {
         const uint8_t *w = j->W + o * j->row_bytes, *x = j->Xq;
         float sum = 0;
         for (size_t b = 0; b < nb; b++, w += wbb, x += KERN__Q8K_BYTES) {
             ksb u;
+            kg_prefetch(w, wbb, pf_end);
             ksb_unpack(type, w, &u);
             sum = ksb_step(type, &u, ksb_dot(type, &u, x), ld_f32(x), sum);
         }
@@ -249,14 +259,6 @@ static inline float kg_add_even(float sum, __m256 r, int ng) {
     if (ng > 2) sum = sum + _mm_cvtss_f32(hi);
     if (ng > 3) sum = sum + _mm_cvtss_f32(_mm_movehl_ps(hi, hi));
     return sum;
-}
-
-/* Software prefetch KPF bytes ahead of the bytes [p, p + n) about to be read, up to end (this
- * thread's last row): the hardware prefetchers stop at each 4 KiB page of the stream */
-#define KPF 4096
-static inline __attribute__((always_inline)) void kg_prefetch(const uint8_t *p, size_t n, const uint8_t *end) {
-    for (size_t k = 0; k < n; k += 64)
-        if (p + KPF + k < end) _mm_prefetch((const char *)(p + KPF + k), _MM_HINT_T0);
 }
 
 static inline uint32_t ld32(const uint8_t *p) {
