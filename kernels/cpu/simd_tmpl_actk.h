@@ -28,6 +28,12 @@ static inline float ld_f32(const uint8_t *p) {
 
 static inline __m256i ld256(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
+static inline short ld_u16(const uint8_t *p) {
+    short h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
 /* The 8 scales then the 8 mins of a Q4_K/Q5_K block as 16 bytes (ggml's 12-byte unpacking, in
  * xmm: low parts by one shuffle, the 2-bit high parts of j >= 4 by another). Reads 16 bytes at s,
  * the 12 scale bytes and 4 of qh/qs: inside the block. */
@@ -267,6 +273,20 @@ static inline uint32_t ld32(const uint8_t *p) {
     return v;
 }
 
+/* The group's integer sums: acc[g] (16 lanes) of super-block g's isc, m01 / m23 (halves:
+ * super-blocks 0 / 1, 2 / 3) of their im -> isc0, im0, isc1, im1, ... isc3, im3 */
+static inline __attribute__((always_inline)) __m256i kg_reduce(const __m512i acc[KG], __m512i m01, __m512i m23) {
+    /* 256-bit halves: super-block 2h (low), 2h + 1 (high), 8 lanes each */
+    const __m512i x01 = _mm512_add_epi32(_mm512_shuffle_i64x2(acc[0], acc[1], 0x44), _mm512_shuffle_i64x2(acc[0], acc[1], 0xee));
+    const __m512i x23 = _mm512_add_epi32(_mm512_shuffle_i64x2(acc[2], acc[3], 0x44), _mm512_shuffle_i64x2(acc[2], acc[3], 0xee));
+    /* 128-bit lanes: isc and im partials, pairs 01 and 23 side by side */
+    const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi32(x01, m01), _mm512_unpackhi_epi32(x01, m01));
+    const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi32(x23, m23), _mm512_unpackhi_epi32(x23, m23));
+    __m512i v = _mm512_add_epi32(_mm512_unpacklo_epi64(u0, u1), _mm512_unpackhi_epi64(u0, u1));
+    v = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, 0xb1)); /* lane 0: isc0 im0 isc2 im2, lane 2: isc1 im1 isc3 im3 */
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 4, 1, 5, 0, 4, 1, 5), v));
+}
+
 static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const int five = type == KERN_TYPE_Q5_K;
     const size_t nb = j->n_in / KERN_QK_K, wbb = five ? 176 : 144;
@@ -285,18 +305,13 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
             kg_prefetch(w[0], KG * wbb, pf_end);
             const __m512i scm = k4_scmin4(ld128x4(ws)); /* lane g: super-block g's 8 scales, 8 mins */
             const __m512i s[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(scm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(scm, 1))};
-            __m256i v[2 * KG]; /* a_0, m_0, a_1, m_1, ...: the 8 lanes of each sum to isc_g, im_g */
-#pragma GCC unroll 2
-            for (int h = 0; h < 2; h++) {
-                const __m512i m = _mm512_madd_epi16(s[h], _mm512_loadu_si512(t.bs[b0 + 2 * h]));
-                v[4 * h + 1] = _mm512_castsi512_si256(m), v[4 * h + 3] = _mm512_extracti64x4_epi64(m, 1);
-            }
+            __m512i acc[KG];
 #pragma GCC unroll 4
             for (int g = 0; g < KG; g++) {
                 const uint8_t *qs = w[g] + (five ? 48 : 16);
                 const int8_t *x = t.x + 256 * (b0 + (size_t)g);
                 const __m512i hb = five ? _mm512_broadcast_i64x4(ld256(w[g] + 16)) : _mm512_setzero_si512();
-                __m512i acc = _mm512_setzero_si512();
+                acc[g] = _mm512_setzero_si512();
 #pragma GCC unroll 2
                 for (int p = 0; p < 2; p++) {
                     const __m512i q = _mm512_loadu_si512(qs + 64 * p);
@@ -310,12 +325,12 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
                     }
                     const __m512i sl = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p]), s[g / 2]);
                     const __m512i sh = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p + 1]), s[g / 2]);
-                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(ql, _mm512_load_si512(x + 128 * p)), sl);
-                    acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(qh, _mm512_load_si512(x + 128 * p + 64)), sh);
+                    acc[g] = _mm512_dpwssd_epi32(acc[g], _mm512_maddubs_epi16(ql, _mm512_load_si512(x + 128 * p)), sl);
+                    acc[g] = _mm512_dpwssd_epi32(acc[g], _mm512_maddubs_epi16(qh, _mm512_load_si512(x + 128 * p + 64)), sh);
                 }
-                v[2 * g] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
             }
-            const __m256 f = _mm256_cvtepi32_ps(gv_reduce8(v));
+            const __m256 f = _mm256_cvtepi32_ps(kg_reduce(acc, _mm512_madd_epi16(s[0], _mm512_loadu_si512(t.bs[b0])),
+                                                          _mm512_madd_epi16(s[1], _mm512_loadu_si512(t.bs[b0 + 2]))));
             /* d, dmin of each super-block: lanes 2g, 2g + 1 */
             const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(w[0]), (int)ld32(w[1]), (int)ld32(w[2]), (int)ld32(w[3])));
             const __m256 p = _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f); /* (d * dx) * isc, (dmin * dx) * im */
@@ -389,7 +404,7 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
             }
             const __m256i r = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
             const __m128 f = _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16(ld16(w[0] + 208), ld16(w[1] + 208), ld16(w[2] + 208), ld16(w[3] + 208), 0, 0, 0, 0));
+            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16(ld_u16(w[0] + 208), ld_u16(w[1] + 208), ld_u16(w[2] + 208), ld_u16(w[3] + 208), 0, 0, 0, 0));
             const __m128 p = _mm_mul_ps(_mm_mul_ps(dw, _mm_loadu_ps(t.d1 + b0)), f); /* (d * dx) * isum */
             sum = sum + _mm_cvtss_f32(p);
             if (ng > 1) sum = sum + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
@@ -489,7 +504,7 @@ static inline __attribute__((always_inline)) void km_repack(uint32_t type, const
 #pragma GCC unroll 16
         for (int k = 0; k < 16; k++) sc[k] = _mm512_srai_epi32(_mm512_slli_epi32(q[k / 4], 24 - 8 * (k % 4)), 24);
         uint16_t d[KM_R];
-        for (int r = 0; r < KM_R; r++) d[r] = (uint16_t)ld16(w[r] + off + 208);
+        for (int r = 0; r < KM_R; r++) d[r] = (uint16_t)ld_u16(w[r] + off + 208);
         m->dw[2 * b] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
         return;
     }
