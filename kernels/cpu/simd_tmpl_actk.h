@@ -77,22 +77,25 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
         for (int h = 0; h < 2; h++) {
             const __m256i l0 = ld256(ql + 64 * h), l1 = ld256(ql + 64 * h + 32), hb = ld256(qh + 32 * h);
             u->q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, k0f), _mm256_and_si256(_mm256_slli_epi16(hb, 4), k30));
-            u->q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, k0f), _mm256_and_si256(_mm256_slli_epi16(hb, 2), k30));
-            u->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), k0f), _mm256_and_si256(hb, k30));
+            u->q[4 * h + 1] =
+                _mm256_or_si256(_mm256_and_si256(l1, k0f), _mm256_and_si256(_mm256_slli_epi16(hb, 2), k30));
+            u->q[4 * h + 2] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), k0f), _mm256_and_si256(hb, k30));
             u->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), k0f),
                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), k30));
         }
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) /* q[c]: sub-blocks 2c (words 0..7) and 2c + 1 */
-            u->s[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, _mm_set_epi64x(0x0101010101010101ll * (2 * c + 1),
-                                                                                   0x0101010101010101ll * (2 * c))));
+            u->s[c] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                sc8, _mm_set_epi64x(0x0101010101010101ll * (2 * c + 1), 0x0101010101010101ll * (2 * c))));
         return;
     }
     /* Q4_K, Q5_K: qs byte l of chunk c (32 bytes) holds value 64c + l (low nibble) and 64c + 32 + l */
     const int five = type == KERN_TYPE_Q5_K;
     const uint8_t *qh = w + 16, *qs = five ? w + 48 : w + 16;
     const __m128i scm = k4_scmin(w + 4);
-    u->c = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    u->c = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
     u->dw = h2f(w), u->dm = h2f(w + 2);
     const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm)), k0f = _mm256_set1_epi8(0x0f);
     const __m256i hb = five ? ld256(qh) : _mm256_setzero_si256();
@@ -106,7 +109,8 @@ static inline __attribute__((always_inline)) void ksb_unpack(uint32_t type, cons
     for (int j = 0; j < 8; j++) {
         if (five) { /* bit j of qh[l]: the 16 of value 32j + l */
             const __m256i bit = _mm256_set1_epi8((char)(1 << j));
-            u->q[j] = _mm256_or_si256(u->q[j], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit), _mm256_set1_epi8(16)));
+            u->q[j] = _mm256_or_si256(
+                u->q[j], _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit), _mm256_set1_epi8(16)));
         }
         u->s[j] = _mm256_shuffle_epi8(s16, _mm256_set1_epi16((short)(((2 * j + 1) << 8) | (2 * j))));
     }
@@ -128,7 +132,8 @@ static inline __attribute__((always_inline)) __m128i ksb_dot(uint32_t type, cons
 }
 
 /* The reference's float steps for one super-block (see act_quant_k.c) */
-static inline __attribute__((always_inline)) float ksb_step(uint32_t type, const ksb *u, __m128i is, float dx, float sum) {
+static inline __attribute__((always_inline)) float ksb_step(uint32_t type, const ksb *u, __m128i is, float dx,
+                                                            float sum) {
     const __m128 f = _mm_cvtepi32_ps(is);
     if (type == KERN_TYPE_Q6_K) {
         const float dd = u->dw * dx;
@@ -138,7 +143,9 @@ static inline __attribute__((always_inline)) float ksb_step(uint32_t type, const
     return sum + (a * _mm_cvtss_f32(f) - m * _mm_cvtss_f32(_mm_shuffle_ps(f, f, 1)));
 }
 
-static inline size_t k_block_bytes(uint32_t type) { return type == KERN_TYPE_Q4_K ? 144 : type == KERN_TYPE_Q5_K ? 176 : 210; }
+static inline size_t k_block_bytes(uint32_t type) {
+    return type == KERN_TYPE_Q4_K ? 144 : type == KERN_TYPE_Q5_K ? 176 : 210;
+}
 
 static inline __attribute__((always_inline)) void act_k_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
     const size_t nb = j->n_in / KERN_QK_K, wbb = k_block_bytes(type);
@@ -178,7 +185,8 @@ static inline __attribute__((always_inline)) void act_k_gemm(uint32_t type, cons
                     }
                 }
             for (size_t r = 0; r < R; r++)
-                for (size_t t = 0; t < T; t++) j->Y[(t0 + t) * j->n_out + o0 + r] = sum[r][t];
+                for (size_t t = 0; t < T; t++)
+                    j->Y[(t0 + t) * j->n_out + o0 + r] = sum[r][t];
         }
     }
 }
@@ -218,9 +226,11 @@ static void kx_prep(int k4, const uint8_t *xq, size_t nb, kx_tab *t) {
         const uint8_t *xb = xq + b * KERN__Q8K_BYTES;
         int16_t bs[16];
         memcpy(bs, xb + K8_BS, 32);
-        for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)(t->x + 256 * b + 32 * k), ld256(xb + K8_QS + (k4 ? from[k] : 32 * k)));
+        for (int k = 0; k < 8; k++)
+            _mm256_store_si256((__m256i *)(t->x + 256 * b + 32 * k), ld256(xb + K8_QS + (k4 ? from[k] : 32 * k)));
         if (k4) {
-            for (int k = 0; k < 8; k++) t->bs[b][k] = 0, t->bs[b][8 + k] = (int16_t)(bs[2 * k] + bs[2 * k + 1]);
+            for (int k = 0; k < 8; k++)
+                t->bs[b][k] = 0, t->bs[b][8 + k] = (int16_t)(bs[2 * k] + bs[2 * k + 1]);
         } else {
             memcpy(t->bs[b], bs, 32);
         }
@@ -228,20 +238,29 @@ static void kx_prep(int k4, const uint8_t *xq, size_t nb, kx_tab *t) {
     }
 }
 
-static const int16_t k4_sidx[2][4][32] = {
-#define K4_SIDX(a, b, o) {a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, a + o, \
-                          b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o, b + o}
-    {K4_SIDX(0, 2, 0), K4_SIDX(1, 3, 0), K4_SIDX(4, 6, 0), K4_SIDX(5, 7, 0)},
-    {K4_SIDX(0, 2, 16), K4_SIDX(1, 3, 16), K4_SIDX(4, 6, 16), K4_SIDX(5, 7, 16)},
-#undef K4_SIDX
-};
+/* vpermw indices picking sub-block scales from the word vector of 2 super-blocks (words 0..15, 16..31)
+ * for the nibble vectors of super-block o / 16: K4: words 0..15 <- a + o, 16..31 <- b + o;
+ * Q6_K: word i <- 4c + i / 8 + o */
+static inline __m512i k4_sidx(int a, int b, int o) {
+    return _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(a + o)), _mm512_set1_epi16((short)(b + o)));
+}
+
+static inline __m512i q6_sidx(int c, int o) {
+    const __m512i iota =
+        _mm512_cvtepu8_epi16(_mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                                              21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31));
+    return _mm512_add_epi16(_mm512_set1_epi16((short)(4 * c + o)), _mm512_srli_epi16(iota, 3));
+}
 
 /* k4_scmin on four 16-byte lanes at once */
 static inline __m512i k4_scmin4(__m512i v) {
-    __m512i a = _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+    __m512i a = _mm512_shuffle_epi8(
+        v, _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
     a = _mm512_mask_srli_epi16(a, 0xc0c0c0c0u, a, 4);
-    a = _mm512_and_si512(a, _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15)));
-    const __m512i b = _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+    a = _mm512_and_si512(
+        a, _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15)));
+    const __m512i b = _mm512_shuffle_epi8(
+        v, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
     return _mm512_or_si512(a, _mm512_and_si512(_mm512_srli_epi16(b, 2), _mm512_set1_epi8(0x30)));
 }
 
@@ -277,17 +296,21 @@ static inline uint32_t ld32(const uint8_t *p) {
  * super-blocks 0 / 1, 2 / 3) of their im -> isc0, im0, isc1, im1, ... isc3, im3 */
 static inline __attribute__((always_inline)) __m256i kg_reduce(const __m512i acc[KG], __m512i m01, __m512i m23) {
     /* 256-bit halves: super-block 2h (low), 2h + 1 (high), 8 lanes each */
-    const __m512i x01 = _mm512_add_epi32(_mm512_shuffle_i64x2(acc[0], acc[1], 0x44), _mm512_shuffle_i64x2(acc[0], acc[1], 0xee));
-    const __m512i x23 = _mm512_add_epi32(_mm512_shuffle_i64x2(acc[2], acc[3], 0x44), _mm512_shuffle_i64x2(acc[2], acc[3], 0xee));
+    const __m512i x01 =
+        _mm512_add_epi32(_mm512_shuffle_i64x2(acc[0], acc[1], 0x44), _mm512_shuffle_i64x2(acc[0], acc[1], 0xee));
+    const __m512i x23 =
+        _mm512_add_epi32(_mm512_shuffle_i64x2(acc[2], acc[3], 0x44), _mm512_shuffle_i64x2(acc[2], acc[3], 0xee));
     /* 128-bit lanes: isc and im partials, pairs 01 and 23 side by side */
     const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi32(x01, m01), _mm512_unpackhi_epi32(x01, m01));
     const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi32(x23, m23), _mm512_unpackhi_epi32(x23, m23));
     __m512i v = _mm512_add_epi32(_mm512_unpacklo_epi64(u0, u1), _mm512_unpackhi_epi64(u0, u1));
-    v = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, 0xb1)); /* lane 0: isc0 im0 isc2 im2, lane 2: isc1 im1 isc3 im3 */
+    v = _mm512_add_epi32(v,
+                         _mm512_shuffle_i64x2(v, v, 0xb1)); /* lane 0: isc0 im0 isc2 im2, lane 2: isc1 im1 isc3 im3 */
     return _mm512_castsi512_si256(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 4, 1, 5, 0, 4, 1, 5), v));
 }
 
-static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, const kern__mm *j, size_t lo,
+                                                                size_t hi) {
     const int five = type == KERN_TYPE_Q5_K;
     const size_t nb = j->n_in / KERN_QK_K, wbb = five ? 176 : 144;
     kx_tab t;
@@ -301,10 +324,12 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
             const int ng = nb - b0 < KG ? (int)(nb - b0) : KG;
             const uint8_t *w[KG], *ws[KG];
 #pragma GCC unroll 4
-            for (int g = 0; g < KG; g++) w[g] = row + (b0 + (size_t)(g < ng ? g : ng - 1)) * wbb, ws[g] = w[g] + 4;
+            for (int g = 0; g < KG; g++)
+                w[g] = row + (b0 + (size_t)(g < ng ? g : ng - 1)) * wbb, ws[g] = w[g] + 4;
             kg_prefetch(w[0], KG * wbb, pf_end);
             const __m512i scm = k4_scmin4(ld128x4(ws)); /* lane g: super-block g's 8 scales, 8 mins */
-            const __m512i s[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(scm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(scm, 1))};
+            const __m512i s[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(scm)),
+                                  _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(scm, 1))};
             __m512i acc[KG];
 #pragma GCC unroll 4
             for (int g = 0; g < KG; g++) {
@@ -318,22 +343,27 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
                     __m512i ql = _mm512_and_si512(q, k0f), qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), k0f);
                     if (five) { /* the 16 of value 32j + l is bit j of qh[l] */
                         const __mmask64 up = 0xffffffff00000000ull;
-                        const __m512i bl = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p))), _mm512_set1_epi8((char)(1 << (4 * p + 2))));
-                        const __m512i bh = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p + 1))), _mm512_set1_epi8((char)(1 << (4 * p + 3))));
+                        const __m512i bl = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p))),
+                                                                  _mm512_set1_epi8((char)(1 << (4 * p + 2))));
+                        const __m512i bh = _mm512_mask_blend_epi8(up, _mm512_set1_epi8((char)(1 << (4 * p + 1))),
+                                                                  _mm512_set1_epi8((char)(1 << (4 * p + 3))));
                         ql = _mm512_mask_add_epi8(ql, _mm512_test_epi8_mask(hb, bl), ql, k16);
                         qh = _mm512_mask_add_epi8(qh, _mm512_test_epi8_mask(hb, bh), qh, k16);
                     }
-                    const __m512i sl = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p]), s[g / 2]);
-                    const __m512i sh = _mm512_permutexvar_epi16(_mm512_loadu_si512(k4_sidx[g & 1][2 * p + 1]), s[g / 2]);
+                    const __m512i sl = _mm512_permutexvar_epi16(k4_sidx(4 * p, 4 * p + 2, 16 * (g & 1)), s[g / 2]);
+                    const __m512i sh = _mm512_permutexvar_epi16(k4_sidx(4 * p + 1, 4 * p + 3, 16 * (g & 1)), s[g / 2]);
                     acc[g] = _mm512_dpwssd_epi32(acc[g], _mm512_maddubs_epi16(ql, _mm512_load_si512(x + 128 * p)), sl);
-                    acc[g] = _mm512_dpwssd_epi32(acc[g], _mm512_maddubs_epi16(qh, _mm512_load_si512(x + 128 * p + 64)), sh);
+                    acc[g] =
+                        _mm512_dpwssd_epi32(acc[g], _mm512_maddubs_epi16(qh, _mm512_load_si512(x + 128 * p + 64)), sh);
                 }
             }
             const __m256 f = _mm256_cvtepi32_ps(kg_reduce(acc, _mm512_madd_epi16(s[0], _mm512_loadu_si512(t.bs[b0])),
                                                           _mm512_madd_epi16(s[1], _mm512_loadu_si512(t.bs[b0 + 2]))));
             /* d, dmin of each super-block: lanes 2g, 2g + 1 */
-            const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(w[0]), (int)ld32(w[1]), (int)ld32(w[2]), (int)ld32(w[3])));
-            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f); /* (d * dx) * isc, (dmin * dx) * im */
+            const __m256 dm =
+                _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(w[0]), (int)ld32(w[1]), (int)ld32(w[2]), (int)ld32(w[3])));
+            const __m256 p =
+                _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f); /* (d * dx) * isc, (dmin * dx) * im */
             sum = kg_add_even(sum, _mm256_sub_ps(p, _mm256_movehdup_ps(p)), ng);
         }
         j->Y[o] = sum;
@@ -343,16 +373,6 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
 /* Q6_K decode, the same scheme with the values in their natural order (x copied as it is): per group,
  * the 16 int8 scales of each super-block widened in one go, the -32 of every value taken back
  * as 32 * sum_k sc_k * bsums_k, and the 4 integer sums reduced by a hadd tree. */
-static const int16_t q6_sidx2[2][4][32] = {
-#define Q6_SIDX(c, o) {4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o, 4 * c + o,                      \
-                       4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, 4 * c + 1 + o, \
-                       4 * c + 1 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 2 + o, \
-                       4 * c + 2 + o, 4 * c + 2 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o, \
-                       4 * c + 3 + o, 4 * c + 3 + o, 4 * c + 3 + o}
-    {Q6_SIDX(0, 0), Q6_SIDX(1, 0), Q6_SIDX(2, 0), Q6_SIDX(3, 0)},
-    {Q6_SIDX(0, 16), Q6_SIDX(1, 16), Q6_SIDX(2, 16), Q6_SIDX(3, 16)},
-#undef Q6_SIDX
-};
 
 static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *j, size_t lo, size_t hi) {
     const size_t nb = j->n_in / KERN_QK_K, wbb = 210;
@@ -377,22 +397,26 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
             }
             kg_prefetch(w[0], KG * wbb, pf_end);
             const __m512i sc = ld128x4(ws); /* lane g: super-block g's 16 scales */
-            const __m512i s[2] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(sc)), _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sc, 1))};
+            const __m512i s[2] = {_mm512_cvtepi8_epi16(_mm512_castsi512_si256(sc)),
+                                  _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(sc, 1))};
             __m256i v[KG];
 #pragma GCC unroll 4
             for (int g = 0; g < KG; g++) {
                 const uint8_t *ql = w[g], *qh = w[g] + 128;
                 __m512i acc = _mm512_setzero_si512();
+                /* values 128h + 32k + l: ql nibble k >> 1 of byte 64h + 32(k & 1) + l, qh bits 2k */
 #pragma GCC unroll 2
-                for (int h = 0; h < 2; h++) { /* values 128h + 32k + l: ql nibble k >> 1 of byte 64h + 32(k & 1) + l, qh bits 2k */
+                for (int h = 0; h < 2; h++) {
                     const __m512i l = _mm512_loadu_si512(ql + 64 * h), hb = _mm512_broadcast_i64x4(ld256(qh + 32 * h));
                     /* (a & 0x0f) | b, b already masked: vpternlogd 0xec */
-                    const __m512i q0 = _mm512_ternarylogic_epi32(l, _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30), k0f, 0xec);
-                    const __m512i q1 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30), k0f, 0xec);
+                    const __m512i q0 =
+                        _mm512_ternarylogic_epi32(l, _mm512_and_si512(_mm512_sllv_epi16(hb, sha), k30), k0f, 0xec);
+                    const __m512i q1 = _mm512_ternarylogic_epi32(
+                        _mm512_srli_epi16(l, 4), _mm512_and_si512(_mm512_srlv_epi16(hb, shb), k30), k0f, 0xec);
                     acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q0, _mm512_load_si512(x[g] + 128 * h)),
-                                              _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_sidx2[g & 1][2 * h]), s[g / 2]));
+                                              _mm512_permutexvar_epi16(q6_sidx(2 * h, 16 * (g & 1)), s[g / 2]));
                     acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q1, _mm512_load_si512(x[g] + 128 * h + 64)),
-                                              _mm512_permutexvar_epi16(_mm512_loadu_si512(q6_sidx2[g & 1][2 * h + 1]), s[g / 2]));
+                                              _mm512_permutexvar_epi16(q6_sidx(2 * h + 1, 16 * (g & 1)), s[g / 2]));
                 }
                 v[g] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
             }
@@ -404,7 +428,8 @@ static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *
             }
             const __m256i r = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
             const __m128 f = _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16(ld_u16(w[0] + 208), ld_u16(w[1] + 208), ld_u16(w[2] + 208), ld_u16(w[3] + 208), 0, 0, 0, 0));
+            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16(ld_u16(w[0] + 208), ld_u16(w[1] + 208), ld_u16(w[2] + 208),
+                                                          ld_u16(w[3] + 208), 0, 0, 0, 0));
             const __m128 p = _mm_mul_ps(_mm_mul_ps(dw, _mm_loadu_ps(t.d1 + b0)), f); /* (d * dx) * isum */
             sum = sum + _mm_cvtss_f32(p);
             if (ng > 1) sum = sum + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 1));
@@ -468,17 +493,20 @@ static void km_prep(uint32_t type, const kern__mm *j, size_t nb, km_buf *m) {
             memcpy(bs, xb + K8_BS, 32);
             m->dx[t * nb + b] = ld_f32(xb);
             if (type == KERN_TYPE_Q6_K) {
-                for (int k = 0; k < 16; k++) c[k] = -32 * bs[k];
+                for (int k = 0; k < 16; k++)
+                    c[k] = -32 * bs[k];
             } else {
                 for (int k = 0; k < 4; k++)
-                    c[k] = (int32_t)((uint32_t)(uint16_t)(bs[4 * k] + bs[4 * k + 1]) | (uint32_t)(uint16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+                    c[k] = (int32_t)((uint32_t)(uint16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                                     (uint32_t)(uint16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
                 memset(c + 4, 0, 12 * sizeof(int32_t));
             }
         }
 }
 
 /* Super-block b of the tile's rows w[] -> m (see km_buf) */
-static inline __attribute__((always_inline)) void km_repack(uint32_t type, const uint8_t *const w[KM_R], size_t b, km_buf *m) {
+static inline __attribute__((always_inline)) void km_repack(uint32_t type, const uint8_t *const w[KM_R], size_t b,
+                                                            km_buf *m) {
     const __m512i k0f = _mm512_set1_epi8(0x0f), k30 = _mm512_set1_epi8(0x30), kff = _mm512_set1_epi32(0xff);
     __m512i *pk = m->pk + 64 * b, *sc = m->sc + 16 * b, q[4];
     if (type == KERN_TYPE_Q6_K) {
@@ -494,26 +522,33 @@ static inline __attribute__((always_inline)) void km_repack(uint32_t type, const
 #pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) {
                     __m512i *d = pk + 32 * h + 4 * s + i;
-                    d[0] = _mm512_ternarylogic_epi32(l0[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 4), k30), k0f, 0xec);
-                    d[8] = _mm512_ternarylogic_epi32(l1[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 2), k30), k0f, 0xec);
-                    d[16] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0[i], 4), _mm512_and_si512(q[i], k30), k0f, 0xec);
-                    d[24] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1[i], 4), _mm512_and_si512(_mm512_srli_epi16(q[i], 2), k30), k0f, 0xec);
+                    d[0] =
+                        _mm512_ternarylogic_epi32(l0[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 4), k30), k0f, 0xec);
+                    d[8] =
+                        _mm512_ternarylogic_epi32(l1[i], _mm512_and_si512(_mm512_slli_epi16(q[i], 2), k30), k0f, 0xec);
+                    d[16] =
+                        _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0[i], 4), _mm512_and_si512(q[i], k30), k0f, 0xec);
+                    d[24] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1[i], 4),
+                                                      _mm512_and_si512(_mm512_srli_epi16(q[i], 2), k30), k0f, 0xec);
                 }
             }
         km_tr16x4(w, off + 192, q); /* q[k] lane r: scales 4k..4k+3 of row r, int8 */
 #pragma GCC unroll 16
-        for (int k = 0; k < 16; k++) sc[k] = _mm512_srai_epi32(_mm512_slli_epi32(q[k / 4], 24 - 8 * (k % 4)), 24);
+        for (int k = 0; k < 16; k++)
+            sc[k] = _mm512_srai_epi32(_mm512_slli_epi32(q[k / 4], 24 - 8 * (k % 4)), 24);
         uint16_t d[KM_R];
-        for (int r = 0; r < KM_R; r++) d[r] = (uint16_t)ld_u16(w[r] + off + 208);
+        for (int r = 0; r < KM_R; r++)
+            d[r] = (uint16_t)ld_u16(w[r] + off + 208);
         m->dw[2 * b] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)d));
         return;
     }
     const int five = type == KERN_TYPE_Q5_K;
     const size_t off = (five ? 176 : 144) * b, qs = off + (five ? 48 : 16);
+    /* qs byte 32c + 16h + 4k + e: values 64c + 16h + 4k + e (low nibble), + 32 (high) */
 #pragma GCC unroll 4
     for (int c = 0; c < 4; c++)
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) { /* qs byte 32c + 16h + 4k + e: values 64c + 16h + 4k + e (low nibble), + 32 (high) */
+        for (int h = 0; h < 2; h++) {
             km_tr16x4(w, qs + 32 * c + 16 * h, q);
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
@@ -529,7 +564,8 @@ static inline __attribute__((always_inline)) void km_repack(uint32_t type, const
 #pragma GCC unroll 4
                 for (int k = 0; k < 4; k++) {
                     __m512i *d = pk + 8 * jj + 4 * h + k;
-                    *d = _mm512_mask_add_epi8(*d, _mm512_test_epi8_mask(q[k], _mm512_set1_epi8((char)(1 << jj))), *d, _mm512_set1_epi8(16));
+                    *d = _mm512_mask_add_epi8(*d, _mm512_test_epi8_mask(q[k], _mm512_set1_epi8((char)(1 << jj))), *d,
+                                              _mm512_set1_epi8(16));
                 }
         }
     __attribute__((aligned(64))) uint8_t sm[KM_R][16];
@@ -541,11 +577,13 @@ static inline __attribute__((always_inline)) void km_repack(uint32_t type, const
     }
     km_tr16x4(sp, 0, q); /* q[0], q[1]: scales 0..3, 4..7; q[2], q[3]: mins */
 #pragma GCC unroll 8
-    for (int k = 0; k < 8; k++) sc[k] = _mm512_and_si512(_mm512_srli_epi32(q[k / 4], 8 * (k % 4)), kff);
+    for (int k = 0; k < 8; k++)
+        sc[k] = _mm512_and_si512(_mm512_srli_epi32(q[k / 4], 8 * (k % 4)), kff);
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) { /* (m_2i, m_2i+1): bytes 2(i % 2), +1 of q[2 + i / 2] as int16s */
         const __m512i u = i % 2 ? _mm512_srli_epi32(q[2 + i / 2], 16) : q[2 + i / 2];
-        sc[8 + i] = _mm512_or_si512(_mm512_and_si512(u, kff), _mm512_slli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0xff00)), 8));
+        sc[8 + i] = _mm512_or_si512(_mm512_and_si512(u, kff),
+                                    _mm512_slli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0xff00)), 8));
     }
     const __m512i dv = _mm512_loadu_si512(dd);
     m->dw[2 * b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
@@ -559,8 +597,10 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
         for (size_t t = 0; t < nt; t++) {
             kern__mm one = *j;
             one.Xq += t * j->act_bytes, one.Y += t * j->n_out, one.n_tok = 1;
-            if (q6) act_q6_gemv16(&one, lo, hi);
-            else act_k4_gemv16(type, &one, lo, hi);
+            if (q6)
+                act_q6_gemv16(&one, lo, hi);
+            else
+                act_k4_gemv16(type, &one, lo, hi);
         }
         return;
     }
@@ -569,27 +609,33 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
     for (size_t o = lo; o < hi; o += KM_R) {
         const int R = hi - o < KM_R ? (int)(hi - o) : KM_R;
         const uint8_t *w[KM_R]; /* rows past R repeat the last one: computed, not stored */
-        for (int r = 0; r < KM_R; r++) w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * j->row_bytes;
-        for (size_t b = 0; b < nb; b++) km_repack(type, w, b, &m);
+        for (int r = 0; r < KM_R; r++)
+            w[r] = j->W + (o + (size_t)(r < R ? r : R - 1)) * j->row_bytes;
+        for (size_t b = 0; b < nb; b++)
+            km_repack(type, w, b, &m);
         for (size_t t0 = 0; t0 < nt; t0 += KM_T) {
             const int T = nt - t0 < KM_T ? (int)(nt - t0) : KM_T;
             size_t tk[KM_T];
             const uint8_t *xr[KM_T];
-            for (int t = 0; t < KM_T; t++) tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + K8_QS;
+            for (int t = 0; t < KM_T; t++)
+                tk[t] = t0 + (size_t)(t < T ? t : T - 1), xr[t] = j->Xq + tk[t] * j->act_bytes + K8_QS;
             __m512 sum[KM_T];
 #pragma GCC unroll 8
-            for (int t = 0; t < KM_T; t++) sum[t] = _mm512_setzero_ps();
+            for (int t = 0; t < KM_T; t++)
+                sum[t] = _mm512_setzero_ps();
             for (size_t b = 0; b < nb; b++) {
                 const __m512i *pk = m.pk + 64 * b, *sc = m.sc + 16 * b;
                 __m512i acc[KM_T];
 #pragma GCC unroll 8
-                for (int t = 0; t < KM_T; t++) acc[t] = _mm512_setzero_si512();
-                /* sub-blocks of 8 (K4) or 4 (Q6_K) dwords; Q6_K two at a time */
+                for (int t = 0; t < KM_T; t++)
+                    acc[t] = _mm512_setzero_si512();
+                    /* sub-blocks of 8 (K4) or 4 (Q6_K) dwords; Q6_K two at a time */
 #pragma GCC unroll 1
                 for (int sb = 0; sb < 8; sb++) {
                     __m512i wv[8];
 #pragma GCC unroll 8
-                    for (int i = 0; i < 8; i++) wv[i] = _mm512_load_si512(pk + 8 * sb + i);
+                    for (int i = 0; i < 8; i++)
+                        wv[i] = _mm512_load_si512(pk + 8 * sb + i);
 #pragma GCC unroll 8
                     for (int t = 0; t < KM_T; t++) {
                         const uint8_t *x = xr[t] + b * KERN__Q8K_BYTES + 32 * sb;
@@ -601,11 +647,13 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
                                 s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32((int)ld32(x + 4 * i)));
                                 s1 = _mm512_dpbusd_epi32(s1, wv[4 + i], _mm512_set1_epi32((int)ld32(x + 16 + 4 * i)));
                             }
-                            acc[t] = _mm512_add_epi32(acc[t], _mm512_add_epi32(_mm512_mullo_epi32(s0, sc[2 * sb]), _mm512_mullo_epi32(s1, sc[2 * sb + 1])));
+                            acc[t] = _mm512_add_epi32(acc[t], _mm512_add_epi32(_mm512_mullo_epi32(s0, sc[2 * sb]),
+                                                                               _mm512_mullo_epi32(s1, sc[2 * sb + 1])));
                         } else {
                             __m512i s0 = _mm512_setzero_si512();
 #pragma GCC unroll 8
-                            for (int i = 0; i < 8; i++) s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32((int)ld32(x + 4 * i)));
+                            for (int i = 0; i < 8; i++)
+                                s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32((int)ld32(x + 4 * i)));
                             acc[t] = _mm512_add_epi32(acc[t], _mm512_mullo_epi32(s0, sc[sb]));
                         }
                     }
@@ -621,16 +669,19 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
                         const int32_t *c = m.cx + 16 * ib;
                         __m512i im = _mm512_setzero_si512();
 #pragma GCC unroll 4
-                        for (int i = 0; i < 4; i++) im = _mm512_dpwssd_epi32(im, sc[8 + i], _mm512_set1_epi32(c[i]));
+                        for (int i = 0; i < 4; i++)
+                            im = _mm512_dpwssd_epi32(im, sc[8 + i], _mm512_set1_epi32(c[i]));
                         const __m512 a = _mm512_mul_ps(dw, dx), mn = _mm512_mul_ps(m.dw[2 * b + 1], dx);
-                        sum[t] = _mm512_add_ps(sum[t], _mm512_sub_ps(_mm512_mul_ps(a, f), _mm512_mul_ps(mn, _mm512_cvtepi32_ps(im))));
+                        sum[t] = _mm512_add_ps(
+                            sum[t], _mm512_sub_ps(_mm512_mul_ps(a, f), _mm512_mul_ps(mn, _mm512_cvtepi32_ps(im))));
                     }
                 }
             }
             for (int t = 0; t < T; t++) {
                 float v[KM_R];
                 _mm512_storeu_ps(v, sum[t]);
-                for (int r = 0; r < R; r++) j->Y[(t0 + (size_t)t) * j->n_out + o + r] = v[r];
+                for (int r = 0; r < R; r++)
+                    j->Y[(t0 + (size_t)t) * j->n_out + o + r] = v[r];
             }
         }
     }
@@ -639,10 +690,12 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
 #define ACTK_GEMV(t, j, lo, hi) ((t) == KERN_TYPE_Q6_K ? act_q6_gemv16(j, lo, hi) : act_k4_gemv16(t, j, lo, hi))
 #endif /* VL */
 
-#define ACTK_DEF(T)                                                                    \
-    static void actk_##T(const kern__mm *j, size_t lo, size_t hi) {                    \
-        if (j->n_tok == 1) ACTK_GEMV(KERN_TYPE_##T, j, lo, hi);                         \
-        else ACTK_GEMM(KERN_TYPE_##T, j, lo, hi);                                       \
+#define ACTK_DEF(T)                                                                                                    \
+    static void actk_##T(const kern__mm *j, size_t lo, size_t hi) {                                                    \
+        if (j->n_tok == 1)                                                                                             \
+            ACTK_GEMV(KERN_TYPE_##T, j, lo, hi);                                                                       \
+        else                                                                                                           \
+            ACTK_GEMM(KERN_TYPE_##T, j, lo, hi);                                                                       \
     }
 ACTK_DEF(Q4_K)
 ACTK_DEF(Q5_K)
@@ -659,7 +712,8 @@ static void quant_act_q8k(const float *x, void *out, size_t n) {
     for (size_t b = 0; b < n / KERN_QK_K; b++, x += KERN_QK_K, o += KERN__Q8K_BYTES) {
         VF m = vzero();
 #pragma GCC unroll 32
-        for (int k = 0; k < NK; k++) m = vmax(m, vand(vload(x + VL * k), absmask));
+        for (int k = 0; k < NK; k++)
+            m = vmax(m, vand(vload(x + VL * k), absmask));
         const float amax = vhmax(m);
         if (amax == 0) {
             memset(o, 0, KERN__Q8K_BYTES);
@@ -670,7 +724,8 @@ static void quant_act_q8k(const float *x, void *out, size_t n) {
 #if VL == 16
             const unsigned hit = _mm512_cmp_ps_mask(vand(vload(x + VL * k), absmask), vset1(amax), _CMP_EQ_OQ);
 #else
-            const unsigned hit = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vand(vload(x + VL * k), absmask), vset1(amax), _CMP_EQ_OQ));
+            const unsigned hit =
+                (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vand(vload(x + VL * k), absmask), vset1(amax), _CMP_EQ_OQ));
 #endif
             if (hit) {
                 first = VL * k + __builtin_ctz(hit);
@@ -682,19 +737,24 @@ static void quant_act_q8k(const float *x, void *out, size_t n) {
         uint8_t *q = o + K8_QS;
         for (int k = 0; k < KERN_QK_K / 32; k++) {
 #if VL == 16
-            _mm_storeu_si128((__m128i *)(q + 32 * k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(vmul(vload(x + 32 * k), is))));
-            _mm_storeu_si128((__m128i *)(q + 32 * k + 16), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(vmul(vload(x + 32 * k + 16), is))));
+            _mm_storeu_si128((__m128i *)(q + 32 * k),
+                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(vmul(vload(x + 32 * k), is))));
+            _mm_storeu_si128((__m128i *)(q + 32 * k + 16),
+                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(vmul(vload(x + 32 * k + 16), is))));
 #else
             __m256i v[4];
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) v[i] = _mm256_cvtps_epi32(vmul(vload(x + 32 * k + 8 * i), is));
+            for (int i = 0; i < 4; i++)
+                v[i] = _mm256_cvtps_epi32(vmul(vload(x + 32 * k + 8 * i), is));
             __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-            _mm256_storeu_si256((__m256i *)(q + 32 * k), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            _mm256_storeu_si256((__m256i *)(q + 32 * k),
+                                _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
 #endif
         }
         int16_t bs[16];
         for (int k = 0; k < 8; k++) { /* 4 sums of 8 biased bytes; two make a bsum */
-            const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(ld256(q + 32 * k), _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+            const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(ld256(q + 32 * k), _mm256_set1_epi8((char)0x80)),
+                                              _mm256_setzero_si256());
             bs[2 * k] = (int16_t)(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) - 16 * 128);
             bs[2 * k + 1] = (int16_t)(_mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3) - 16 * 128);
         }
