@@ -347,7 +347,8 @@ END_TEST
 START_TEST(test_matmul_act_k_shapes) {
     static const uint32_t types[] = {KERN_TYPE_Q4_K, KERN_TYPE_Q5_K, KERN_TYPE_Q6_K};
     /* n_in: 1 .. 11 super-blocks (the AVX-512 decode takes them in groups of 4: every tail) */
-    static const size_t ns[] = {256, 512, 768, 1024, 2048, 2816}, outs[] = {1, 7, 16, 33, 49}, toks[] = {1, 1, 2, 5, 17, 33, 1};
+    static const size_t ns[] = {256, 512, 768, 1024, 2048, 2816}, outs[] = {1, 7, 16, 33, 49};
+    static const size_t toks[] = {1, 1, 2, 5, 17, 33, 1};
     kern_init();
     kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
     for (int isa = 0; isa <= kern__isa_best(); isa++) {

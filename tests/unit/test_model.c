@@ -420,8 +420,9 @@ START_TEST(test_tiny_batched_equals_single) {
         }
     }
     for (int s = 0; s < TS; s++) ck_assert_int_eq(n_logit[s], 5);
-    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0, "%s/%s (%s activations): batched logits differ",
-                  tc->arch, kern_type_name(tc->wtype), quant_act ? "8-bit" : "f32");
+    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0,
+                  "%s/%s (%s activations): batched logits differ", tc->arch, kern_type_name(tc->wtype),
+                  quant_act ? "8-bit" : "f32");
     /* and the logits are finite and not all equal (the model actually ran) */
     ck_assert(isfinite(alone[0]) && alone[0] != alone[1]);
     free(alone);
