@@ -238,9 +238,9 @@ static void kx_prep(int k4, const uint8_t *xq, size_t nb, kx_tab *t) {
     }
 }
 
-/* vpermw indices picking sub-block scales from the word vector of 2 super-blocks (words 0..15, 16..31)
- * for the nibble vectors of super-block o / 16: K4: words 0..15 <- a + o, 16..31 <- b + o;
- * Q6_K: word i <- 4c + i / 8 + o */
+/* vpermw indices: the scale of each word of a nibble vector, from the scale words of two
+ * super-blocks (words 0..15: the first, 16..31: the second; o = 0 or 16 picks one).
+ * K4: words 0..15 <- sub-block a, 16..31 <- b; Q6_K: word i <- sub-block 4c + i / 8 */
 static inline __m512i k4_sidx(int a, int b, int o) {
     return _mm512_mask_blend_epi16(0xffff0000u, _mm512_set1_epi16((short)(a + o)), _mm512_set1_epi16((short)(b + o)));
 }
@@ -272,10 +272,6 @@ static inline __m512i ld128x4(const uint8_t *const p[KG]) {
     return _mm512_inserti32x4(v, ld128(p[3]), 3);
 }
 
-static inline __m512i two256(const void *a, const void *b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(ld256(a)), ld256(b), 1);
-}
-
 /* The row's sum += r[0], r[2], ... r[2(ng - 1)] (the even lanes), in order */
 static inline float kg_add_even(float sum, __m256 r, int ng) {
     const __m128 lo = _mm256_castps256_ps128(r), hi = _mm256_extractf128_ps(r, 1);
@@ -304,8 +300,8 @@ static inline __attribute__((always_inline)) __m256i kg_reduce(const __m512i acc
     const __m512i u0 = _mm512_add_epi32(_mm512_unpacklo_epi32(x01, m01), _mm512_unpackhi_epi32(x01, m01));
     const __m512i u1 = _mm512_add_epi32(_mm512_unpacklo_epi32(x23, m23), _mm512_unpackhi_epi32(x23, m23));
     __m512i v = _mm512_add_epi32(_mm512_unpacklo_epi64(u0, u1), _mm512_unpackhi_epi64(u0, u1));
-    v = _mm512_add_epi32(v,
-                         _mm512_shuffle_i64x2(v, v, 0xb1)); /* lane 0: isc0 im0 isc2 im2, lane 2: isc1 im1 isc3 im3 */
+    /* 128-bit lane 0: isc0 im0 isc2 im2, lane 2: isc1 im1 isc3 im3 */
+    v = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, 0xb1));
     return _mm512_castsi512_si256(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 4, 1, 5, 0, 4, 1, 5), v));
 }
 
@@ -362,18 +358,17 @@ static inline __attribute__((always_inline)) void act_k4_gemv16(uint32_t type, c
             /* d, dmin of each super-block: lanes 2g, 2g + 1 */
             const __m256 dm =
                 _mm256_cvtph_ps(_mm_setr_epi32((int)ld32(w[0]), (int)ld32(w[1]), (int)ld32(w[2]), (int)ld32(w[3])));
-            const __m256 p =
-                _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f); /* (d * dx) * isc, (dmin * dx) * im */
+            /* (d * dx) * isc, (dmin * dx) * im; then their difference in the even lanes */
+            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(dm, _mm256_loadu_ps(t.dx[b0])), f);
             sum = kg_add_even(sum, _mm256_sub_ps(p, _mm256_movehdup_ps(p)), ng);
         }
         j->Y[o] = sum;
     }
 }
 
-/* Q6_K decode, the same scheme with the values in their natural order (x copied as it is): per group,
- * the 16 int8 scales of each super-block widened in one go, the -32 of every value taken back
- * as 32 * sum_k sc_k * bsums_k, and the 4 integer sums reduced by a hadd tree. */
-
+/* Q6_K decode, the same scheme with the values in their natural order (x copied as it is): per
+ * group, the 16 int8 scales of each super-block widened in one go, the -32 of every value taken
+ * back as 32 * sum_k sc_k * bsums_k, and the 4 integer sums reduced by a hadd tree. */
 static inline __attribute__((always_inline)) void act_q6_gemv16(const kern__mm *j, size_t lo, size_t hi) {
     const size_t nb = j->n_in / KERN_QK_K, wbb = 210;
     kx_tab t;
@@ -625,11 +620,11 @@ static inline __attribute__((always_inline)) void act_k_gemm16(uint32_t type, co
                 sum[t] = _mm512_setzero_ps();
             for (size_t b = 0; b < nb; b++) {
                 const __m512i *pk = m.pk + 64 * b, *sc = m.sc + 16 * b;
+                /* sub-blocks of 8 (K4) or 4 (Q6_K) dwords; Q6_K two at a time */
                 __m512i acc[KM_T];
 #pragma GCC unroll 8
                 for (int t = 0; t < KM_T; t++)
                     acc[t] = _mm512_setzero_si512();
-                    /* sub-blocks of 8 (K4) or 4 (Q6_K) dwords; Q6_K two at a time */
 #pragma GCC unroll 1
                 for (int sb = 0; sb < 8; sb++) {
                     __m512i wv[8];
