@@ -73,7 +73,8 @@ static const cfg_key keys[] = {
     STR(kv_type, 1, kv_types, "f16", "TYPE", "K/V element type (f32 is for debugging)"),
     STR(device, 1, devices, "cpu", "DEV", "compute device: cpu, or cuda when tokd was built with CUDA"),
     BOOL(quant_act, 0,
-         "8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp's CPU backend (faster decode; default: exact f32)"),
+         "8-bit activations for Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K weights, as llama.cpp's CPU backend "
+         "(faster decode; default: exact f32)"),
     /* scheduler */
     INT(max_seqs, 1, 4096, 64, "most sequences running in one step"),
     INT(max_batched_tokens, 1, MI, 512, "token budget of one step: decodes plus prompt chunks"),

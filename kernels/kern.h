@@ -87,7 +87,9 @@ void kern_pool_run(kern_pool *p, void (*fn)(void *ctx, int ith, int nth), void *
  *  - non-NULL: activations quantised the way llama.cpp's CPU backend does it: for Q8_0 and
  *    Q4_0 weights each 32-block of X becomes Q8_0, for Q4_1 Q8_1 (int8 + f16 scale + f16 scaled
  *    sum), and each block dot is an exact integer sum, scaled and accumulated with one fused
- *    multiply-add per block (kernels/cpu/act_quant.c); other weight types stay f32. act_scratch then holds the quantised X: at
+ *    multiply-add per block (kernels/cpu/act_quant.c); for Q4_K/Q5_K/Q6_K each 256-block
+ *    becomes Q8_K and each super-block dot is an exact integer sum followed by fixed float
+ *    steps (act_quant_k.c); other weight types stay f32. act_scratch then holds the quantised X: at
  *    least kern_matmul_scratch_bytes(n_in, n_tok) bytes.
  * Either way a row's result does not depend on n_tok or the thread split. */
 void kern_matmul(kern_pool *p, uint32_t wtype, const void *W, const float *X, float *Y,
@@ -123,11 +125,15 @@ int kern_pack(kern_pool *p, uint32_t wtype, const void *W, void *out, size_t n_i
 void kern_unpack_row(uint32_t wtype, const void *Wp, size_t n_in, size_t row, void *out);
 
 /* Activation formats: the type X is quantised to for a weight type (KERN_TYPE_Q8_0,
- * KERN_ACT_Q8_1, or KERN_TYPE_F32 when X stays f32). */
+ * KERN_ACT_Q8_1, KERN_ACT_Q8_K, or KERN_TYPE_F32 when X stays f32). */
 #define KERN_ACT_Q8_1 9 /* ggml's Q8_1: f16 d, f16 s (= d * sum q), int8 qs[32] */
+/* ggml's Q8_K (type 15), for Q4_K/Q5_K/Q6_K weights: per 256 values f32 d, int8 qs[256],
+ * int16 bsums[16] (sums of 16 qs); the arithmetic is in kernels/cpu/act_quant_k.c */
+#define KERN_ACT_Q8_K 15
 uint32_t kern_act_type(uint32_t wtype);
 size_t kern_act_row_bytes(uint32_t act_type, size_t n);
-/* Quantise one activation row (n a multiple of 32) as ggml's quantize_row_q8_0/q8_1 do. */
+/* Quantise one activation row (n a multiple of 32; of 256 for Q8_K) as ggml's
+ * quantize_row_q8_0/q8_1/q8_K(_ref) do. */
 void kern_quantize_act_row(uint32_t act_type, const float *x, void *out, size_t n);
 /* Dot of a weight row with a quantised activation row (scalar, the reference arithmetic). */
 float kern_vec_dot_act(uint32_t wtype, const void *wrow, const void *xq, size_t n);

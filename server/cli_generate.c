@@ -40,7 +40,7 @@ static void gen_usage(FILE *f) {
             "  --frequency-penalty F  --seed S  --stop TEXT (repeatable)  --ignore-eos\n"
             "  --threads N          compute threads (default: all CPUs)\n"
             "  --ctx-size N         context length (default: min(model's, 4096))\n"
-            "  --quant-act          8-bit activations for Q8_0/Q4_0/Q4_1 weights, as llama.cpp (faster; default: f32)\n"
+            "  --quant-act          8-bit activations for Q8_0/Q4_0/Q4_1 and K-quant weights, as llama.cpp (faster; default: f32)\n"
             "  --device cpu|cuda    backend (default cpu; cuda needs a build with CUDA)\n"
             "  --verbose            timing and model info on stderr\n");
 }

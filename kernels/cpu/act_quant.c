@@ -9,10 +9,12 @@
  *   Q4_0 w . Q8_0 x: sum = fma(sum_i (n-8)*qx, dw*dx, sum)
  *   Q4_1 w . Q8_1 x: sum = sum + fma(dw*dx, sum_i n*qx, mw*sx)
  * Every SIMD kernel runs exactly these steps per (row, token), so results are bitwise the
- * same at any batch size, thread split or ISA level. */
+ * same at any batch size, thread split or ISA level. The K-quants (Q8_K activations) have
+ * theirs in act_quant_k.c. */
 #include <math.h>
 #include <string.h>
 
+#include "kernels/cpu/cpu_internal.h"
 #include "kernels/kern.h"
 
 uint32_t kern_act_type(uint32_t wtype) {
@@ -20,6 +22,9 @@ uint32_t kern_act_type(uint32_t wtype) {
     case KERN_TYPE_Q8_0:
     case KERN_TYPE_Q4_0: return KERN_TYPE_Q8_0;
     case KERN_TYPE_Q4_1: return KERN_ACT_Q8_1;
+    case KERN_TYPE_Q4_K:
+    case KERN_TYPE_Q5_K:
+    case KERN_TYPE_Q6_K: return KERN_ACT_Q8_K;
     default: return KERN_TYPE_F32;
     }
 }
@@ -27,10 +32,15 @@ uint32_t kern_act_type(uint32_t wtype) {
 size_t kern_act_row_bytes(uint32_t act_type, size_t n) {
     if (act_type == KERN_TYPE_Q8_0) return n / KERN_QK * 34;
     if (act_type == KERN_ACT_Q8_1) return n / KERN_QK * 36;
+    if (act_type == KERN_ACT_Q8_K) return n / KERN_QK_K * KERN__Q8K_BYTES;
     return n * sizeof(float);
 }
 
 void kern_quantize_act_row(uint32_t act_type, const float *x, void *out, size_t n) {
+    if (act_type == KERN_ACT_Q8_K) {
+        kern__quantize_act_q8k(x, out, n);
+        return;
+    }
     uint8_t *o = out;
     size_t hdr = act_type == KERN_ACT_Q8_1 ? 4 : 2;
     for (size_t b = 0; b < n / KERN_QK; b++, x += KERN_QK, o += hdr + KERN_QK) {
@@ -100,6 +110,9 @@ float kern_vec_dot_act(uint32_t wtype, const void *wrow, const void *xq, size_t 
     case KERN_TYPE_Q8_0: return dot_q8_0(wrow, xq, n / KERN_QK);
     case KERN_TYPE_Q4_0: return dot_q4_0(wrow, xq, n / KERN_QK);
     case KERN_TYPE_Q4_1: return dot_q4_1(wrow, xq, n / KERN_QK);
+    case KERN_TYPE_Q4_K:
+    case KERN_TYPE_Q5_K:
+    case KERN_TYPE_Q6_K: return kern__vec_dot_act_k(wtype, wrow, xq, n);
     default: return kern_dot_ref(wtype, wrow, xq, n);
     }
 }

@@ -22,15 +22,27 @@ typedef struct {
                                * then runs one token at a time, same results) */
 } kern__mm;
 
+/* K-quant activations (act_quant_k.c): bytes of a Q8_K block, its quantiser and the scalar
+ * reference dot of a Q4_K/Q5_K/Q6_K row with a Q8_K row (kern_quantize_act_row and
+ * kern_vec_dot_act call these). */
+#define KERN__Q8K_BYTES 292
+void kern__quantize_act_q8k(const float *x, void *out, size_t n);
+float kern__vec_dot_act_k(uint32_t wtype, const void *wrow, const void *xq, size_t n);
+
 /* Bytes of kern__mm.scratch, laid out as: the repacked row tile (nb * 8 64-byte vectors, used by
  * AVX-512), then floats dx, sx (n_tok * nb each) and the row tile's scales wd, wm (nb * 16 each),
  * then int32 cx (n_tok * nb), then the packed GEMM's X interleaved by token tiles of 8 (simd_tmpl_act.h,
  * pk_prep: 32 bytes + cx, dx, sx per token and block); nb = n_in / 32 blocks. 16 is the
  * largest row tile (GM_R). */
+/* K-quants (simd_tmpl_actk.h) lay it out per super-block instead (kb = n_in / 256): the repacked row
+ * tile (64 vectors), its scales (16) and d, dmin (2), then per token and super-block dx and 16
+ * int32 (the bsums terms); the larger of the two layouts is what a thread gets. */
 static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
-    const size_t nb = n_in / 32, ntp = (n_tok + 7) / 8 * 8; /* + the packed GEMM's interleaved copy of X */
-    return nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t) +
-           ntp * nb * (32 + 3 * 4);
+    const size_t nb = n_in / 32, kb = n_in / 256, ntp = (n_tok + 7) / 8 * 8;
+    const size_t q = nb * 8 * 64 + (2 * n_tok * nb + 2 * nb * 16) * sizeof(float) + n_tok * nb * sizeof(int32_t) +
+                     ntp * nb * (32 + 3 * 4); /* + the packed GEMM's interleaved copy of X */
+    const size_t k = kb * (64 + 16 + 2) * 64 + n_tok * kb * (sizeof(float) + 16 * sizeof(int32_t));
+    return q > k ? q : k;
 }
 
 /* Thread ith's scratch of pool p (pool.c), grown to at least `bytes` (it only grows, so a

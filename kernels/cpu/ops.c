@@ -109,7 +109,10 @@ static void quant_act_worker(void *ctx, int ith, int nth) {
 }
 
 size_t kern_matmul_scratch_bytes(size_t n_in, size_t n_tok) {
-    return n_tok * kern_act_row_bytes(KERN_ACT_Q8_1, (n_in + KERN_QK - 1) / KERN_QK * KERN_QK);
+    /* the largest activation row: Q8_1 (36 bytes per 32) or Q8_K (292 per 256) */
+    const size_t q81 = kern_act_row_bytes(KERN_ACT_Q8_1, (n_in + KERN_QK - 1) / KERN_QK * KERN_QK),
+                 q8k = kern_act_row_bytes(KERN_ACT_Q8_K, (n_in + KERN_QK_K - 1) / KERN_QK_K * KERN_QK_K);
+    return n_tok * (q81 > q8k ? q81 : q8k);
 }
 
 void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const float *X, size_t n_in, size_t n_tok,

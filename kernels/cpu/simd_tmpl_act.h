@@ -614,7 +614,8 @@ typedef struct {
 
 static void pk_prep(const kern__mm *j, int q41, int kc, size_t nb, pk_x *px) {
     const size_t nt = j->n_tok, ntp = (nt + PK_T - 1) / PK_T * PK_T, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2;
-    uint8_t *base = (uint8_t *)j->scratch + kern__act_scratch_bytes(j->n_in, nt) - ntp * nb * (32 + 3 * 4);
+    /* past the plain GEMM's part of the scratch (kern__act_scratch_bytes) */
+    uint8_t *base = (uint8_t *)j->scratch + nb * 8 * 64 + (2 * nt * nb + 2 * nb * 16) * sizeof(float) + nt * nb * sizeof(int32_t);
     px->xq = (int32_t *)base, px->cx = px->xq + ntp * nb * 8, px->dx = (float *)(px->cx + ntp * nb), px->sx = px->dx + ntp * nb;
     for (size_t tp = 0; tp < ntp; tp++) {
         const size_t t = tp < nt ? tp : nt - 1, tt = tp / PK_T, ti = tp % PK_T;
@@ -723,11 +724,16 @@ ACT_DEF(Q8_0)
 ACT_DEF(Q4_0)
 ACT_DEF(Q4_1)
 
+#include "kernels/cpu/simd_tmpl_actk.h" /* K-quants: Q8_K activations (actk_*, quant_act_q8k) */
+
 static void mm_act(const kern__mm *j, size_t lo, size_t hi) {
     switch (j->wtype) {
     case KERN_TYPE_Q8_0: act_Q8_0(j, lo, hi); break;
     case KERN_TYPE_Q4_0: act_Q4_0(j, lo, hi); break;
     case KERN_TYPE_Q4_1: act_Q4_1(j, lo, hi); break;
+    case KERN_TYPE_Q4_K: actk_Q4_K(j, lo, hi); break;
+    case KERN_TYPE_Q5_K: actk_Q5_K(j, lo, hi); break;
+    case KERN_TYPE_Q6_K: actk_Q6_K(j, lo, hi); break;
     default: kern__ops_scalar.mm_act(j, lo, hi);
     }
 }
@@ -736,6 +742,10 @@ static void mm_act(const kern__mm *j, size_t lo, size_t hi) {
  * q = x*id rounded to nearest-even by the conversion, as nearbyintf does in the default mode;
  * the integer sum is exact; scales go through the scalar f16 conversion. */
 static void quant_act(uint32_t act, const float *x, void *out, size_t n) {
+    if (act == KERN_ACT_Q8_K) {
+        quant_act_q8k(x, out, n);
+        return;
+    }
     uint8_t *o = out;
     const size_t hdr = act == KERN_ACT_Q8_1 ? 4 : 2;
     const VF absmask = vand_mask();

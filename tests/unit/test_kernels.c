@@ -22,18 +22,40 @@ static const char *const isa_name[] = {"scalar", "avx2", "avx512"};
 /* One matmul case at one ISA level: against kern_matmul_ref (bitwise for quantised
  * activations, whose integer block sums are exact; relative error otherwise), and each token's
  * row bitwise equal to that token alone, on 1 and 2 threads. Returns the max relative error. */
-static double check_matmul(kern_pool *pool1, kern_pool *pool2, uint32_t t, size_t n_in, size_t n_out,
-                           size_t n_tok, bool qa) {
+/* Weights of random bytes (every bit pattern a K-quant block can hold: Q6_K scales of -128, 6-bit
+ * scales and mins of 63, all-ones quants) with sane f16 super-scales, and X of +-1 (activations
+ * of +-127): the extremes of the integer sums. K-quants only. */
+static void fill_raw_k(uint32_t t, uint8_t *W, size_t n_rows, size_t rb, float *X, size_t nx) {
+    const size_t bb = kern_type_block_bytes(t);
+    for (size_t i = 0; i < n_rows * rb; i++) W[i] = (uint8_t)(frand() * 128 + 128);
+    for (size_t b = 0; b < n_rows * rb / bb; b++) {
+        uint16_t d = kern_f32_to_f16(0.01f + 0.01f * frand()), m = kern_f32_to_f16(0.02f + 0.01f * frand());
+        if (t == KERN_TYPE_Q6_K) {
+            memcpy(W + b * bb + 208, &d, 2);
+        } else {
+            memcpy(W + b * bb, &d, 2);
+            memcpy(W + b * bb + 2, &m, 2);
+        }
+    }
+    for (size_t i = 0; i < nx; i++) X[i] = frand() < 0 ? -1.0f : 1.0f;
+}
+
+static double check_matmul_w(kern_pool *pool1, kern_pool *pool2, uint32_t t, size_t n_in, size_t n_out,
+                             size_t n_tok, bool qa, bool raw) {
     size_t rb = kern_row_bytes(t, n_in);
     uint8_t *W = malloc(rb * n_out), *scratch = malloc(kern_matmul_scratch_bytes(n_in, n_tok));
     float *row = malloc(n_in * sizeof(float)), *X = malloc(n_in * n_tok * sizeof(float));
     float *Y = malloc(n_out * n_tok * sizeof(float)), *Yr = malloc(n_out * n_tok * sizeof(float));
     float *Y1 = malloc(n_out * sizeof(float));
-    for (size_t o = 0; o < n_out; o++) {
-        for (size_t i = 0; i < n_in; i++) row[i] = frand();
-        ck_assert_int_eq(kern_quantize_row_ref(t, row, W + o * rb, n_in), 0);
+    if (raw) {
+        fill_raw_k(t, W, n_out, rb, X, n_in * n_tok);
+    } else {
+        for (size_t o = 0; o < n_out; o++) {
+            for (size_t i = 0; i < n_in; i++) row[i] = frand();
+            ck_assert_int_eq(kern_quantize_row_ref(t, row, W + o * rb, n_in), 0);
+        }
+        for (size_t i = 0; i < n_in * n_tok; i++) X[i] = frand();
     }
-    for (size_t i = 0; i < n_in * n_tok; i++) X[i] = frand();
     kern_matmul(pool2, t, W, X, Y, n_in, n_out, n_tok, qa ? scratch : NULL);
     kern_matmul_ref(t, W, X, Yr, n_in, n_out, n_tok, qa);
     double max_rel = 0;
@@ -54,6 +76,11 @@ static double check_matmul(kern_pool *pool1, kern_pool *pool2, uint32_t t, size_
     ck_assert_mem_eq(Y, Yr, n_out * n_tok * sizeof(float));
     free(scratch), free(W), free(row), free(X), free(Y), free(Yr), free(Y1);
     return max_rel;
+}
+
+static double check_matmul(kern_pool *pool1, kern_pool *pool2, uint32_t t, size_t n_in, size_t n_out, size_t n_tok,
+                           bool qa) {
+    return check_matmul_w(pool1, pool2, t, n_in, n_out, n_tok, qa, false);
 }
 
 START_TEST(test_matmul_matches_reference) {
@@ -129,18 +156,24 @@ END_TEST
  * every kind), every ISA level: check_matmul's checks, i.e. bitwise the reference, each token
  * bitwise its n_tok == 1 (GEMV) result, and the same on 1 and 2 threads. */
 START_TEST(test_matmul_gemm_act_tiles) {
-    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1};
+    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1, KERN_TYPE_Q4_K, KERN_TYPE_Q5_K,
+                                     KERN_TYPE_Q6_K};
     static const size_t outs[] = {7, 17, 33, 53, 64 + 15};
     static const size_t blocks[] = {1, 2, 3, 5, 13, 18};
+    static const size_t kblocks[] = {1, 2, 3, 5, 11, 2}; /* K-quants: n_in 256 .. 2816 */
     kern_init();
     kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
     for (int isa = 0; isa <= kern__isa_best(); isa++) {
         ck_assert_int_eq(kern__set_isa(isa), 0);
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             uint32_t t = types[ti];
+            const bool k = kern_type_block_elems(t) == KERN_QK_K;
             for (size_t n_tok = 2; n_tok <= 18; n_tok++) {
                 size_t nt = n_tok == 18 ? 64 : n_tok;
-                check_matmul(pool1, pool2, t, 32 * blocks[n_tok % 6], outs[n_tok % 5], nt, true);
+                if (k) /* and every other case with weights of random bytes (the integer extremes) */
+                    check_matmul_w(pool1, pool2, t, 256 * kblocks[n_tok % 6], outs[n_tok % 5], nt, true, n_tok % 2);
+                else
+                    check_matmul(pool1, pool2, t, 32 * blocks[n_tok % 6], outs[n_tok % 5], nt, true);
             }
         }
         printf("gemm act tiles %-6s ok\n", isa_name[isa]);
@@ -210,9 +243,10 @@ END_TEST
 /* kern_matmul_multi equals one kern_matmul per output, bitwise, in both arithmetics, including
  * mixed weight types (one activation format, and two: Q4_1 wants Q8_1). */
 START_TEST(test_matmul_multi) {
-    static const uint32_t sets[3][3] = {{KERN_TYPE_Q8_0, KERN_TYPE_Q8_0, KERN_TYPE_Q8_0},
+    static const uint32_t sets[4][3] = {{KERN_TYPE_Q8_0, KERN_TYPE_Q8_0, KERN_TYPE_Q8_0},
                                         {KERN_TYPE_Q4_0, KERN_TYPE_Q8_0, KERN_TYPE_Q6_K},
-                                        {KERN_TYPE_Q4_1, KERN_TYPE_Q4_1, KERN_TYPE_Q8_0}};
+                                        {KERN_TYPE_Q4_1, KERN_TYPE_Q4_1, KERN_TYPE_Q8_0},
+                                        {KERN_TYPE_Q4_K, KERN_TYPE_Q6_K, KERN_TYPE_Q5_K}}; /* one Q8_K job */
     static const size_t n_outs[3] = {37, 16, 9};
     const size_t n_in = 256 * 3;
     kern_init();
@@ -220,7 +254,7 @@ START_TEST(test_matmul_multi) {
     float *X = malloc(n_in * 5 * sizeof(float)), row[256 * 3];
     uint8_t *scratch = malloc(kern_matmul_scratch_bytes(n_in, 5));
     for (size_t i = 0; i < n_in * 5; i++) X[i] = frand();
-    for (int si = 0; si < 3; si++)
+    for (int si = 0; si < 4; si++)
         for (size_t n_tok = 1; n_tok <= 5; n_tok += 4)
             for (int qa = 0; qa < 2; qa++) {
                 uint8_t *W[3];
@@ -277,10 +311,121 @@ START_TEST(test_quantize_act_every_isa) {
 }
 END_TEST
 
+/* Q8_K: the SIMD quantisers equal kern_quantize_act_row bitwise, and the reference keeps ggml's
+ * facts: the first value of largest magnitude maps to -127, d = 1/iscale, bsums = sums of 16. */
+START_TEST(test_quantize_act_q8k_every_isa) {
+    enum { NB = 6, N = NB * 256 };
+    static float x[N];
+    static uint8_t a[NB * 292], b[NB * 292];
+    kern_init();
+    ck_assert_uint_eq(kern_act_row_bytes(KERN_ACT_Q8_K, N), NB * 292);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (int rep = 0; rep < 40; rep++) {
+            for (int i = 0; i < N; i++) x[i] = frand() * (rep + 1);
+            for (int i = 256; i < 512; i++) x[i] = 0;                             /* block 1: zeros */
+            for (int i = 512; i < 768; i++) x[i] = i == 700 ? 3.0f : 0;           /* block 2: one-hot */
+            for (int i = 768; i < 1024; i++) x[i] = (float)(i % 9 - 4) * 0.5f;   /* block 3: ties of x*127/max */
+            x[768 + rep % 7] = rep % 2 ? 127.0f : -127.0f;
+            x[1024 + 3] = -5.0f, x[1024 + 200] = 5.0f;                            /* block 4: +-max, the first wins */
+            if (rep % 3 == 0) x[1024 + 7 * rep % 256] = -0.0f;
+            kern_quantize_act_row(KERN_ACT_Q8_K, x, a, N);
+            kern__cur->quant_act(KERN_ACT_Q8_K, x, b, N);
+            ck_assert_msg(memcmp(a, b, NB * 292) == 0, "%s rep %d", isa_name[isa], rep);
+            for (int blk = 0; blk < NB; blk++) {
+                const uint8_t *p = a + blk * 292;
+                float d;
+                int16_t bs[16];
+                memcpy(&d, p, 4), memcpy(bs, p + 260, 32);
+                const int8_t *q = (const int8_t *)(p + 4);
+                int first = -1;
+                for (int i = 0; i < 256; i++)
+                    if (first < 0 || fabsf(x[blk * 256 + i]) > fabsf(x[blk * 256 + first])) first = i;
+                if (x[blk * 256 + first] == 0) {
+                    ck_assert(d == 0);
+                } else {
+                    ck_assert_int_eq(q[first], -127);
+                    ck_assert(d == 1.0f / (-127.0f / x[blk * 256 + first]));
+                }
+                for (int k = 0; k < 16; k++) {
+                    int sum = 0;
+                    for (int i = 0; i < 16; i++) sum += q[16 * k + i];
+                    ck_assert_int_eq(bs[k], sum);
+                }
+            }
+        }
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
+/* The K-quant reference dot (exact integer sums, then float steps per super-block) against a
+ * double-precision dot of the dequantised weights and the dequantised activations (d * q), for
+ * quantiser-made rows and rows of random bytes; the error is relative to sum |w x|. */
+START_TEST(test_act_k_ref_vs_double) {
+    static const uint32_t types[] = {KERN_TYPE_Q4_K, KERN_TYPE_Q5_K, KERN_TYPE_Q6_K};
+    static const size_t ns[] = {256, 512, 2816};
+    enum { NMAX = 2816 };
+    static float x[NMAX], w[NMAX], xr[NMAX];
+    static uint8_t row[NMAX], xq[NMAX / 256 * 292];
+    for (size_t ti = 0; ti < 3; ti++) {
+        const uint32_t t = types[ti];
+        double max_err = 0;
+        for (int rep = 0; rep < 30; rep++) {
+            const size_t n = ns[rep % 3];
+            if (rep % 2) {
+                fill_raw_k(t, row, 1, kern_row_bytes(t, n), x, n);
+                for (size_t i = 0; i < n; i++) x[i] *= 1.0f + 0.5f * frand();
+            } else {
+                for (size_t i = 0; i < n; i++) w[i] = frand(), x[i] = frand() * 3;
+                ck_assert_int_eq(kern_quantize_row_ref(t, w, row, n), 0);
+            }
+            kern_dequant_row_ref(t, row, w, n);
+            kern_quantize_act_row(KERN_ACT_Q8_K, x, xq, n);
+            for (size_t b = 0; b < n / 256; b++) { /* the activations as the integers say: d * q */
+                float d;
+                memcpy(&d, xq + b * 292, 4);
+                for (int i = 0; i < 256; i++) xr[b * 256 + i] = d * (float)(int8_t)xq[b * 292 + 4 + i];
+            }
+            double exact = 0, mag = 0;
+            for (size_t i = 0; i < n; i++) exact += (double)w[i] * xr[i], mag += fabs((double)w[i] * xr[i]);
+            const double err = fabs(kern_vec_dot_act(t, row, xq, n) - exact) / (mag + 1e-30);
+            max_err = err > max_err ? err : max_err;
+        }
+        printf("act %s reference vs double dot: max err %.2e of sum |w x|\n", kern_type_name(t), max_err);
+        ck_assert_msg(max_err < 1e-5, "%s: %g", kern_type_name(t), max_err);
+    }
+}
+END_TEST
+
+/* K-quant rows against Q8_K activations at every ISA level: n_in of 1 .. 11 super-blocks, odd row
+ * counts, 1 .. 33 tokens, quantiser-made and random-byte weights: check_matmul's checks (bitwise
+ * the reference, each token bitwise alone, the same on 1 and 2 threads). */
+START_TEST(test_matmul_act_k_shapes) {
+    static const uint32_t types[] = {KERN_TYPE_Q4_K, KERN_TYPE_Q5_K, KERN_TYPE_Q6_K};
+    /* n_in: 1 .. 11 super-blocks (the AVX-512 decode takes them in groups of 4: every tail) */
+    static const size_t ns[] = {256, 512, 768, 1024, 2048, 2816}, outs[] = {1, 7, 16, 33, 49};
+    static const size_t toks[] = {1, 1, 2, 5, 17, 33, 1};
+    kern_init();
+    kern_pool *pool1 = kern_pool_new(1), *pool2 = kern_pool_new(2);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t ti = 0; ti < 3; ti++)
+            for (size_t c = 0; c < 30; c++)
+                check_matmul_w(pool1, pool2, types[ti], ns[c % 6], outs[c % 5], toks[c % 7], true, c % 2);
+        printf("act K-quant shapes %-6s ok\n", isa_name[isa]);
+    }
+    kern__set_isa(kern__isa_best());
+    kern_pool_destroy(pool1);
+    kern_pool_destroy(pool2);
+}
+END_TEST
+
 /* Quantised activations stay close to the exact f32 product (the llama.cpp-style arithmetic). */
 START_TEST(test_matmul_quant_act_drift) {
-    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1};
-    for (size_t ti = 0; ti < 3; ti++) {
+    static const uint32_t types[] = {KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_1, KERN_TYPE_Q4_K, KERN_TYPE_Q5_K,
+                                     KERN_TYPE_Q6_K};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         uint32_t t = types[ti];
         size_t n_in = 768, n_out = 13, n_tok = 5, rb = kern_row_bytes(t, n_in);
         uint8_t *W = malloc(rb * n_out), *scratch = malloc(kern_matmul_scratch_bytes(n_in, n_tok));
@@ -477,6 +622,9 @@ int main(void) {
     tcase_add_test(tc, test_matmul_multi);
     tcase_add_test(tc, test_matmul_packed);
     tcase_add_test(tc, test_quantize_act_every_isa);
+    tcase_add_test(tc, test_quantize_act_q8k_every_isa);
+    tcase_add_test(tc, test_act_k_ref_vs_double);
+    tcase_add_test(tc, test_matmul_act_k_shapes);
     tcase_add_test(tc, test_elementwise_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);

@@ -368,16 +368,18 @@ static void run_alone(eng_ctx *c, int s, const int32_t *toks, float *out, uint32
     }
 }
 
-/* Both arithmetics: f32 activations, and 8-bit ones (where Q8_0/Q4_0/Q4_1 matrices with a
- * multiple of 16 rows run packed on AVX-512, the others plain). */
+enum { N_TINY = sizeof tiny_cases / sizeof tiny_cases[0] };
+
+/* _i < N_TINY: f32 activations; the same cases again with 8-bit ones (Q8_0/Q8_1/Q8_K; Q8_0/Q4_0/
+ * Q4_1 matrices with a multiple of 16 rows run packed on AVX-512, the others plain) */
 START_TEST(test_tiny_batched_equals_single) {
-    const tiny_case *tc = &tiny_cases[_i / 2];
-    const bool quant_act = _i % 2;
+    const tiny_case *tc = &tiny_cases[_i % N_TINY];
+    const bool quant_act = _i >= N_TINY;
     char path[] = "/tmp/tokd_tiny_XXXXXX";
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    tu_tiny_spec spec = {tc->arch, tc->n_embd, 2, 4, 2, tc->head_dim, 2 * tc->n_embd, 5, tc->wtype, tc->tied, 42 + _i / 2};
+    tu_tiny_spec spec = {tc->arch, tc->n_embd, 2, 4, 2, tc->head_dim, 2 * tc->n_embd, 5, tc->wtype, tc->tied, 42 + _i % N_TINY};
     ck_assert_int_eq(tu_write_tiny_model(&spec, path), 0);
     eng_model *m = load_or_fail(path);
     unlink(path);
@@ -419,8 +421,9 @@ START_TEST(test_tiny_batched_equals_single) {
         }
     }
     for (int s = 0; s < TS; s++) ck_assert_int_eq(n_logit[s], 5);
-    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0, "%s/%s%s: batched logits differ", tc->arch,
-                  kern_type_name(tc->wtype), quant_act ? " (8-bit act)" : "");
+    ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0,
+                  "%s/%s (%s activations): batched logits differ", tc->arch, kern_type_name(tc->wtype),
+                  quant_act ? "8-bit" : "f32");
     /* and the logits are finite and not all equal (the model actually ran) */
     ck_assert(isfinite(alone[0]) && alone[0] != alone[1]);
     free(alone);
@@ -473,7 +476,7 @@ static Suite *model_suite(void) {
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tiny");
     tcase_set_timeout(tt, 60);
-    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * (int)(sizeof tiny_cases / sizeof tiny_cases[0]));
+    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * N_TINY);
     tcase_add_test(tt, test_bad_models);
     suite_add_tcase(s, tt);
     return s;
