@@ -49,6 +49,8 @@ typedef struct {
     void (*attn_f16)(float *out, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
                      float *scratch);
     void (*rmsnorm)(float *out, const float *x, const float *w, size_t n, float eps);
+    /* dst[i] = kern_f32_to_f16(src[i]), bitwise for every input but NaN (which stays a NaN) */
+    void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     void (*add)(float *x, const float *y, size_t n);
 } kern__ops;

@@ -201,6 +201,10 @@ static void swiglu_scalar(float *out, const float *gate, const float *up, size_t
     for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+static void f32_to_f16_scalar(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = kern_f32_to_f16(src[i]);
+}
+
 static void add_scalar(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
@@ -232,11 +236,8 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
     size_t row = n_kv_head * head_dim;
     size_t off = slot_offset(block_table, block_size, row, pos) * kv_elem_bytes(kv_type);
     if (kv_type == KERN_TYPE_F16) {
-        uint16_t *k = (uint16_t *)((uint8_t *)k_layer + off), *v = (uint16_t *)((uint8_t *)v_layer + off);
-        for (size_t i = 0; i < row; i++) {
-            k[i] = kern_f32_to_f16(k_row[i]);
-            v[i] = kern_f32_to_f16(v_row[i]);
-        }
+        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)k_layer + off), k_row, row);
+        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)v_layer + off), v_row, row);
     } else {
         memcpy((uint8_t *)k_layer + off, k_row, row * 4);
         memcpy((uint8_t *)v_layer + off, v_row, row * 4);
@@ -298,7 +299,7 @@ void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_
 /* ---- dispatch ---- */
 
 const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, kern_quantize_act_row, attn_f16_scalar,
-                                    rmsnorm_scalar, swiglu_scalar, add_scalar};
+                                    rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }

@@ -17,6 +17,7 @@
 #define vload(p) _mm256_loadu_ps(p)
 #define vload_h(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define vstore(p, v) _mm256_storeu_ps(p, v)
+#define vstore_h(p, v) _mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT))
 #define vset1(a) _mm256_set1_ps(a)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm256_add_ps(a, b)

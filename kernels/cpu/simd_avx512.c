@@ -17,6 +17,7 @@
 #define vload(p) _mm512_loadu_ps(p)
 #define vload_h(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define vstore(p, v) _mm512_storeu_ps(p, v)
+#define vstore_h(p, v) _mm256_storeu_si256((__m256i *)(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
 #define vset1(a) _mm512_set1_ps(a)
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm512_add_ps(a, b)

@@ -2,7 +2,7 @@
  * vectors (VL 8, __m256, TMAX 3) and by simd_avx512.c with 16-lane vectors (VL 16, __m512,
  * TMAX 6). The includer defines VF, VL, TMAX, MK_CASES, the vector ops (vzero, vload, vstore,
  * vset1, vfma, vfms, vadd, vsub, vmul, vdiv, vmin, vmax, vand, vround, vpow2i), the fixed
- * reduction trees vhsum / vhmax, converters (vcvt_u8, vcvt_i8, vload_h, vload_bf16, vround_h)
+ * reduction trees vhsum / vhmax, converters (vcvt_u8, vcvt_i8, vload_h, vstore_h, vload_bf16, vround_h)
  * and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
  * VNNI). Everything here is static; the includer exports one kern__ops table (at the end).
  *
@@ -443,6 +443,14 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
+/* F16C's round-to-nearest-even is kern_f32_to_f16's for every non-NaN input (subnormals and
+ * overflow to inf included) */
+static void f32_to_f16(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore_h(dst + i, vload(src + i));
+    for (; i < n; i++) dst[i] = kern_f32_to_f16(src[i]);
+}
+
 static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     size_t i = 0;
     for (; i + VL <= n; i += VL) {
@@ -453,4 +461,4 @@ static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, quant_act, attn_f16, rmsnorm, swiglu, add}
+#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, quant_act, attn_f16, rmsnorm, f32_to_f16, swiglu, add}

@@ -277,6 +277,46 @@ START_TEST(test_elementwise_every_isa) {
 }
 END_TEST
 
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* kern_kv_store's f32 -> f16 at every ISA level, bitwise against kern_f32_to_f16: random
+ * exponents across the f16 subnormal, normal and overflow ranges, exact ties, zeros, inf, and
+ * the edges around 65504; odd row lengths exercise the vector tails. NaN only has to stay NaN. */
+START_TEST(test_kv_store_f16_every_isa) {
+    enum { N = 263 };
+    static float k[N], v[N];
+    static uint16_t K[N], V[N];
+    const float edges[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65536.0f, 6.1035156e-05f, 5.9604645e-08f,
+                           2.9802322e-08f, 2.9802326e-08f, 1e-30f, INFINITY, -INFINITY, NAN};
+    kern_init();
+    const int32_t table[1] = {0};
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t n = 1; n <= N; n += 29) {
+            for (size_t i = 0; i < n; i++) {
+                uint32_t r = (uint32_t)(frand() * 8388608.0f) & 0x7fffff, e = 96 + (uint32_t)((frand() + 1) * 26) % 52;
+                uint32_t sign = frand() < 0 ? 0x80000000u : 0;
+                if (i % 5 == 1) r = (r & ~0x1fffu) | 0x1000u; /* a tie between two f16 neighbours */
+                k[i] = bits_f32(sign | e << 23 | r);
+                v[i] = i % 3 ? frand() * 100 : edges[i % (sizeof edges / sizeof edges[0])];
+            }
+            kern_kv_store(K, V, KERN_TYPE_F16, 1, 1, n, table, 0, k, v);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_msg(K[i] == kern_f32_to_f16(k[i]), "%s n %zu: %a -> %04x, scalar %04x", isa_name[isa], n,
+                              (double)k[i], K[i], kern_f32_to_f16(k[i]));
+                if (isnan(v[i])) ck_assert((V[i] & 0x7c00) == 0x7c00 && (V[i] & 0x3ff));
+                else ck_assert_msg(V[i] == kern_f32_to_f16(v[i]), "%s: %a -> %04x", isa_name[isa], (double)v[i], V[i]);
+            }
+        }
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
 START_TEST(test_rmsnorm_rope_swiglu_softmax) {
     float x[67], w[67], out[67];
     for (int i = 0; i < 67; i++) x[i] = frand() * 3, w[i] = frand();
@@ -395,6 +435,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_multi);
     tcase_add_test(tc, test_quantize_act_every_isa);
     tcase_add_test(tc, test_elementwise_every_isa);
+    tcase_add_test(tc, test_kv_store_f16_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
     tcase_add_test(tc, test_pool_runs_every_share);
