@@ -11,6 +11,10 @@
 #include "engine/forward_cuda.h"
 #include "engine/model_internal.h"
 
+/* Attention cost of a (token, head) item beyond its context length, in positions' worth: the
+ * q rounding, the softmax pass and the output store (attn_split) */
+#define ATTN_ITEM_OVERHEAD 16
+
 struct eng_ctx {
     const eng_model *m;
     eng_ctx_params p;
@@ -28,6 +32,7 @@ struct eng_ctx {
     float *scores;        /* (n_threads, max_ctx) attention scratch */
     int32_t *tok_seq;     /* (T) owning sequence of each batch token */
     int32_t *tok_pos;     /* (T) position of each batch token */
+    uint64_t *attn_cost;  /* (T + 1) prefix sums of the tokens' attention cost (attn_split) */
     float *rope_cs;       /* (T, n_rot) kern_rope_table of each batch token's position (all layers) */
     int32_t *logit_rows;  /* (max_logits) batch token index of each logits row */
     void *mm_scratch;     /* quantised activations for kern_matmul */
@@ -58,6 +63,7 @@ static int ctx_alloc(eng_ctx *c) {
         !(c->tmp = tk_calloc(T * hp->n_embd, sizeof(float))) ||
         !(c->scores = tk_calloc((size_t)kern_pool_size(c->pool) * c->p.max_ctx, sizeof(float))) ||
         !(c->tok_seq = tk_calloc(T, sizeof(int32_t))) || !(c->tok_pos = tk_calloc(T, sizeof(int32_t))) ||
+        !(c->attn_cost = tk_calloc(T + 1, sizeof(uint64_t))) ||
         !(c->rope_cs = tk_calloc(T * (hp->n_rot ? hp->n_rot : 1), sizeof(float))) ||
         !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
         return ENG_ERR_NOMEM;
@@ -128,6 +134,7 @@ void eng_ctx_destroy(eng_ctx *c) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) tk_free(bufs[i]);
     tk_free(c->tok_seq);
     tk_free(c->tok_pos);
+    tk_free(c->attn_cost);
     tk_free(c->logit_rows);
     tk_free(c->mm_scratch);
     kern_pool_destroy(c->pool);
@@ -191,6 +198,8 @@ static int batch_prepare(eng_ctx *c, const eng_batch *b) {
         }
     }
     if (t != b->n_tokens) return bad_batch(c, "batch: sequences cover %d of %d tokens", t, b->n_tokens);
+    for (int32_t i = 0; i < b->n_tokens; i++) /* a (token, head) item costs about its context length */
+        c->attn_cost[i + 1] = c->attn_cost[i] + (uint64_t)c->tok_pos[i] + 1 + ATTN_ITEM_OVERHEAD;
     return n_rows;
 }
 
@@ -201,15 +210,32 @@ typedef struct {
     uint32_t layer;
 } attn_job;
 
+/* First (token, head) item, token-major (item = t * n_head + h), of share ith of nth: the
+ * shares have about equal cost, an item of token t costing attn_cost[t + 1] - attn_cost[t]
+ * (causal prefill makes later tokens dearer). Share 0 starts at 0 and share nth ends at
+ * T * n_head; the boundaries only move forward with ith. */
+static size_t attn_split(const eng_ctx *c, size_t T, size_t n_head, int ith, int nth) {
+    const uint64_t *cum = c->attn_cost;
+    uint64_t w = cum[T] * n_head * (uint64_t)ith / (uint64_t)nth; /* < 2^64: T, contexts and heads are bounded */
+    size_t a = 0, b = T; /* the last token t with cum[t] * n_head <= w */
+    while (a < b) {
+        size_t m = (a + b + 1) / 2;
+        if (cum[m] * n_head <= w) a = m;
+        else b = m - 1;
+    }
+    if (a == T) return T * n_head;
+    uint64_t cost = cum[a + 1] - cum[a], h = (w - cum[a] * n_head + cost / 2) / cost;
+    return a * n_head + (h < n_head ? h : n_head);
+}
+
 static void attn_worker(void *ctx, int ith, int nth) {
     const attn_job *j = ctx;
     eng_ctx *c = j->c;
     const eng_hparams *hp = &c->m->hp;
-    size_t q_dim = (size_t)hp->n_head * hp->head_dim;
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim, T = (size_t)j->b->n_tokens;
     float *scratch = c->scores + (size_t)ith * c->p.max_ctx;
     /* work items are (token, head) pairs, so one decoding sequence still uses every thread */
-    size_t n_items = (size_t)j->b->n_tokens * hp->n_head;
-    size_t lo = n_items * (size_t)ith / (size_t)nth, hi = n_items * (size_t)(ith + 1) / (size_t)nth;
+    size_t lo = attn_split(c, T, hp->n_head, ith, nth), hi = attn_split(c, T, hp->n_head, ith + 1, nth);
     while (lo < hi) {
         size_t t = lo / hp->n_head, h0 = lo % hp->n_head;
         size_t h1 = hp->n_head < h0 + (hi - lo) ? hp->n_head : h0 + (hi - lo);
