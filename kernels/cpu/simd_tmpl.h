@@ -2,8 +2,8 @@
  * vectors (VL 8, __m256, TMAX 3) and by simd_avx512.c with 16-lane vectors (VL 16, __m512,
  * TMAX 6). The includer defines VF, VL, TMAX, MK_CASES, the vector ops (vzero, vload, vstore,
  * vset1, vfma, vfms, vadd, vsub, vmul, vdiv, vmin, vmax, vand, vround, vpow2i), the fixed
- * reduction trees vhsum / vhmax, converters (vcvt_u8, vcvt_i8, vload_h, vstore_h, vload_bf16, vround_h)
- * and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
+ * reduction trees vhsum / vhmax (and vhsum_lanes: VL vhsums at once), converters (vcvt_u8,
+ * vcvt_i8, vload_h, vstore_h, vload_bf16, vround_h) and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
  * VNNI). Everything here is static; the includer exports one kern__ops table (at the end).
  *
  * f32-activation matmul. Per output (row o, token t) the arithmetic is always:
@@ -358,12 +358,150 @@ static inline VF vexp(VF x) {
     return vmul(p, vpow2i(n));
 }
 
-/* ---- attention over an f16 KV cache (one head; see kern__ops.attn_f16) ----
- * Slots of one KV block are contiguous (stride n_kv_head*head_dim), so positions are walked a
- * block at a time. Scores: F16C-widened K times q (already f16-rounded) with VL-wide FMAs.
- * Softmax: vexp, f32 sum, then each weight rounded to f16 through F16C (bitwise the scalar
- * kern_f32_to_f16 rounding for finite values). V: out accumulated in registers, 4 vectors of
- * head_dim at a time, over every position. */
+/* ---- attention over an f16 KV cache (a tile of queries sharing a kv head; kern__attn_tile) ----
+ * Per query the arithmetic is fixed, whatever else is in the tile (kern__attn_tile's invariant):
+ *   score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from zero;
+ *   softmax_f16w over its n_ctx scores (vexp, f32 sum, weights rounded to f16 through F16C,
+ *   bitwise the scalar kern_f32_to_f16 rounding for finite values);
+ *   out[d..d+VL) = fma(w[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero.
+ * The tile only shares loads: a K row is widened once for up to SC_R queries, whose scores for
+ * P positions at a time sit in VL accumulators summed together by vhsum_lanes (lane by lane
+ * the vhsum tree, with shared shuffles); a V row is widened once for up to PV_R queries. Slots
+ * of one KV block are contiguous (stride n_kv_head*head_dim), so the walks go block by block. */
+
+#define SC_R 4                   /* queries per score micro-tile (P = VL / R positions) */
+#define PV_R (VL == 16 ? 4 : 2)  /* queries per V micro-tile: PV_R x 4 accumulators */
+
+/* K or V of one kv head of one sequence: position p's head_dim values */
+typedef struct {
+    const uint16_t *base; /* the cache plus kvh * head_dim */
+    size_t row, bs;       /* elements per slot, slots per block */
+    const int32_t *table;
+} kv_rows;
+
+static inline const uint16_t *kv_at(const kv_rows *r, size_t p) {
+    return r->base + ((size_t)r->table[p / r->bs] * r->bs + p % r->bs) * r->row;
+}
+
+/* Scores of queries [i0, i0 + R) of the tile (R <= SC_R, a constant once inlined) */
+static inline __attribute__((always_inline)) void attn_scores(const kern__attn_tile *t, size_t i0, const int R,
+                                                              const kv_rows *kr, size_t hd) {
+    const int P = VL / R;
+    const float *q[SC_R];
+    size_t n_max = 0;
+    for (int r = 0; r < R; r++) {
+        q[r] = t->q[i0 + r];
+        n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
+    }
+    const VF sv = vset1(t->scale);
+    size_t b = 0, o = 0; /* block and slot of p0 */
+    for (size_t p0 = 0; p0 < n_max; p0 += P) {
+        const uint16_t *kp[VL], *k0 = kr->base + ((size_t)kr->table[b] * kr->bs + o) * kr->row;
+        if (o + P <= kr->bs && p0 + P <= n_max) { /* P slots of one block */
+            for (int j = 0; j < P; j++) kp[j] = k0 + j * kr->row;
+            if ((o += P) == kr->bs) o = 0, b++;
+        } else { /* across a block edge, or past the last position (which reads p0 again, unused) */
+            for (int j = 0; j < P; j++) {
+                kp[j] = p0 + j < n_max ? kr->base + ((size_t)kr->table[b] * kr->bs + o) * kr->row : k0;
+                if (p0 + j < n_max && ++o == kr->bs) o = 0, b++;
+            }
+        }
+        VF acc[VL]; /* registers: the loops over them are unrolled */
+#pragma GCC unroll 16
+        for (int a = 0; a < VL; a++) acc[a] = vzero();
+        for (size_t d = 0; d < hd; d += VL)
+#pragma GCC unroll 16
+            for (int j = 0; j < P; j++) {
+                const VF k = vload_h(kp[j] + d);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r * P + j] = vfma(k, vload(q[r] + d), acc[r * P + j]);
+            }
+        float s[VL];
+        vstore(s, vmul(vhsum_lanes(acc), sv));
+        for (int r = 0; r < R; r++) {
+            const size_t n = t->n_ctx[i0 + r];
+            if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0 < (size_t)P ? n - p0 : (size_t)P) * sizeof(float));
+        }
+    }
+}
+
+/* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R) (R <= PV_R, NVC <= 4; constants once
+ * inlined, or NVC 0: nv vectors, chosen at run time) */
+static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile *t, size_t i0, const int R, const int NVC,
+                                                          int nv, size_t d0, const kv_rows *vr) {
+    const int nvv = NVC ? NVC : nv;
+    const float *w[PV_R];
+    size_t n_min = SIZE_MAX, n_max = 0;
+    for (int r = 0; r < R; r++) {
+        w[r] = t->sc[i0 + r];
+        n_min = t->n_ctx[i0 + r] < n_min ? t->n_ctx[i0 + r] : n_min;
+        n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
+    }
+    VF acc[PV_R][4], v[4]; /* registers: the loops over them are unrolled */
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) acc[r][k] = vzero();
+    for (size_t p0 = 0; p0 < n_min; p0 += vr->bs) { /* positions every query reaches */
+        const size_t n = n_min - p0 < vr->bs ? n_min - p0 : vr->bs;
+        const uint16_t *vb = vr->base + (size_t)vr->table[p0 / vr->bs] * vr->bs * vr->row + d0;
+        for (size_t i = 0; i < n; i++) {
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k < nvv) v[k] = vload_h(vb + i * vr->row + VL * k);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const VF a = vset1(w[r][p0 + i]);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
+            }
+        }
+    }
+    for (size_t p = n_min; p < n_max; p++) { /* the causal tail: only the queries that reach p */
+        const uint16_t *vp = kv_at(vr, p) + d0;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            if (k < nvv) v[k] = vload_h(vp + VL * k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (p >= t->n_ctx[i0 + r]) continue;
+            const VF a = vset1(w[r][p]);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            if (k < nvv) vstore(t->out[i0 + r] + d0 + VL * k, acc[r][k]);
+}
+
+static void attn_scores_any(const kern__attn_tile *t, size_t i0, int R, const kv_rows *kr, size_t hd) {
+    switch (R) {
+    case 1: attn_scores(t, i0, 1, kr, hd); break;
+    case 2: attn_scores(t, i0, 2, kr, hd); break;
+    case 3: attn_scores(t, i0, 3, kr, hd); break;
+    default: attn_scores(t, i0, 4, kr, hd); break;
+    }
+}
+
+static void attn_pv_any(const kern__attn_tile *t, size_t i0, int R, int nv, size_t d0, const kv_rows *vr) {
+    if (nv < 4) { /* head_dim not a multiple of 4 vectors: its last chunk, one query at a time */
+        for (int r = 0; r < R; r++) attn_pv(t, i0 + (size_t)r, 1, 0, nv, d0, vr);
+        return;
+    }
+    switch (R) {
+    case 1: attn_pv(t, i0, 1, 4, 4, d0, vr); break;
+#if PV_R > 2
+    case 2: attn_pv(t, i0, 2, 4, 4, d0, vr); break;
+    case 3: attn_pv(t, i0, 3, 4, 4, d0, vr); break;
+#endif
+    default: attn_pv(t, i0, PV_R, 4, 4, d0, vr); break;
+    }
+}
 
 static void softmax_f16w(float *x, size_t n) {
     VF m = vset1(-INFINITY);
@@ -385,38 +523,20 @@ static void softmax_f16w(float *x, size_t n) {
     for (; i < n; i++) x[i] = _cvtsh_ss(kern_f32_to_f16(x[i] * inv));
 }
 
-static void attn_f16(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
-                     float *sc) {
-    const size_t hd = kv->head_dim, row = kv->n_kv_head * hd, bs = kv->block_size;
+static void attn_f16(const kern__attn_tile *t) {
+    const kern_kv_view *kv = t->kv;
+    const size_t hd = kv->head_dim, row = kv->n_kv_head * hd;
     if (hd % VL || hd > 1024) {
-        kern__ops_scalar.attn_f16(oh, q, kv, kvh, n_ctx, scale, sc);
+        kern__ops_scalar.attn_f16(t);
         return;
     }
-    const uint16_t *K = (const uint16_t *)kv->k + kvh * hd, *V = (const uint16_t *)kv->v + kvh * hd;
-    for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
-        const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-        const uint16_t *kb = K + (size_t)kv->block_table[p0 / bs] * bs * row;
-        for (size_t i = 0; i < n; i++) {
-            VF acc = vzero();
-            for (size_t d = 0; d < hd; d += VL) acc = vfma(vload_h(kb + i * row + d), vload(q + d), acc);
-            sc[p0 + i] = vhsum(acc) * scale;
-        }
-    }
-    softmax_f16w(sc, n_ctx);
+    const kv_rows kr = {(const uint16_t *)kv->k + t->kvh * hd, row, kv->block_size, kv->block_table};
+    const kv_rows vr = {(const uint16_t *)kv->v + t->kvh * hd, row, kv->block_size, kv->block_table};
+    for (size_t i0 = 0; i0 < t->n; i0 += SC_R) attn_scores_any(t, i0, t->n - i0 < SC_R ? (int)(t->n - i0) : SC_R, &kr, hd);
+    for (size_t i = 0; i < t->n; i++) softmax_f16w(t->sc[i], t->n_ctx[i]);
     for (size_t d0 = 0; d0 < hd; d0 += 4 * VL) {
         const int nv = hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4;
-        VF acc[4] = {vzero(), vzero(), vzero(), vzero()};
-        for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
-            const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            const uint16_t *vb = V + (size_t)kv->block_table[p0 / bs] * bs * row + d0;
-            for (size_t i = 0; i < n; i++) {
-                const VF a = vset1(sc[p0 + i]);
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++)
-                    if (k < nv) acc[k] = vfma(a, vload_h(vb + i * row + VL * k), acc[k]);
-            }
-        }
-        for (int k = 0; k < nv; k++) vstore(oh + d0 + VL * k, acc[k]);
+        for (size_t i0 = 0; i0 < t->n; i0 += PV_R) attn_pv_any(t, i0, t->n - i0 < PV_R ? (int)(t->n - i0) : PV_R, nv, d0, &vr);
     }
 }
 
