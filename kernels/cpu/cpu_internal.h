@@ -36,20 +36,21 @@ static inline size_t kern__act_scratch_bytes(size_t n_in, size_t n_tok) {
  * its own thread only. */
 void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes);
 
-/* Queries per attention tile: one tile's queries share a kv head and are walked over the cache
- * together (kern_attn_paged_run); kern_attn_scratch_floats sizes for this many. */
+/* Queries per attention tile: one tile's queries walk the cache together (kern_attn_paged_run);
+ * kern_attn_scratch_floats sizes for this many. */
 #define KERN__ATTN_QT 16
 
-/* A tile of attention queries of one sequence that share kv head kvh of an f16 cache: query i
- * (q[i], head_dim values already rounded to f16) attends to positions [0, n_ctx[i]) and its
- * result goes to out[i] (head_dim, overwritten); sc[i] is n_ctx[i] floats of scratch.
- * Invariant: out[i] depends only on q[i], n_ctx[i], the cache and scale, never on the other
- * queries of the tile nor on n (bitwise): batched steps equal one-sequence steps. */
+/* A tile of attention queries of one sequence over an f16 cache: query i (q[i], head_dim values
+ * already rounded to f16) reads kv head kvh[i] at positions [0, n_ctx[i]) and its result goes
+ * to out[i] (head_dim, overwritten); sc[i] is n_ctx[i] floats of scratch. Queries that share a
+ * kv head are best placed next to each other (they share loads).
+ * Invariant: out[i] depends only on q[i], kvh[i], n_ctx[i], the cache and scale, never on the
+ * other queries of the tile nor on n (bitwise): batched steps equal one-sequence steps. */
 typedef struct {
     const kern_kv_view *kv;
-    size_t kvh;
     float scale;
     size_t n; /* 1 .. KERN__ATTN_QT */
+    size_t kvh[KERN__ATTN_QT];
     const float *q[KERN__ATTN_QT];
     float *out[KERN__ATTN_QT];
     size_t n_ctx[KERN__ATTN_QT];

@@ -271,7 +271,7 @@ static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, 
 }
 
 static void attn_tile_scalar(const kern__attn_tile *t) {
-    for (size_t i = 0; i < t->n; i++) attn_f16_scalar(t->out[i], t->q[i], t->kv, t->kvh, t->n_ctx[i], t->scale, t->sc[i]);
+    for (size_t i = 0; i < t->n; i++) attn_f16_scalar(t->out[i], t->q[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
 }
 
 static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
@@ -307,10 +307,9 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
     float *qr = scratch, *sc = scratch + KERN__ATTN_QT * hd;
     uint16_t qh[1024]; /* head_dim <= 1024 (checked at model load) */
     kern__attn_tile t = {.kv = kv, .scale = scale};
-    /* one kv head at a time: its heads of every token of the range, tiles in token order */
+    /* one kv head at a time: its heads of every token of the range in token order; a tile may
+     * hold several kv heads (a decode step's heads walk the cache together) */
     for (size_t g = 0; g < kv->n_kv_head; g++) {
-        t.kvh = g;
-        t.n = 0;
         for (size_t i = lo / n_head; i <= last; i++) {
             size_t ha = g * group, hb = ha + group;
             if (i * n_head + ha < lo) ha = lo - i * n_head;
@@ -320,6 +319,7 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
                 /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
                 kern__cur->f32_to_f16(qh, q + k * hd, hd);
                 for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];
+                t.kvh[j] = g;
                 t.q[j] = qr + j * hd;
                 t.out[j] = out + k * hd;
                 t.n_ctx[j] = n_ctx0 + i;
@@ -327,8 +327,8 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
                 if (t.n == KERN__ATTN_QT) kern__cur->attn_f16(&t), t.n = 0;
             }
         }
-        if (t.n) kern__cur->attn_f16(&t);
     }
+    if (t.n) kern__cur->attn_f16(&t);
 }
 
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
