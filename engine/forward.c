@@ -13,6 +13,10 @@
 #include "engine/forward_cuda.h"
 #include "engine/model_internal.h"
 
+/* Attention cost of a (token, head) item beyond its context length, in positions' worth: the
+ * q rounding, the softmax pass and the output store (attn_split) */
+#define ATTN_ITEM_OVERHEAD 16
+
 struct eng_ctx {
     const eng_model *m;
     eng_ctx_params p;
@@ -27,9 +31,11 @@ struct eng_ctx {
     float *attn;          /* (T, q_dim) */
     float *gate, *up;     /* (T, n_ff) */
     float *tmp;           /* (T, n_embd) */
-    float *scores;        /* (n_threads, max_ctx) attention scratch */
+    float *scores;        /* (n_threads, attn_scratch) attention scratch */
+    size_t attn_scratch;  /* floats per thread: kern_attn_scratch_floats(max_ctx, head_dim) */
     int32_t *tok_seq;     /* (T) owning sequence of each batch token */
     int32_t *tok_pos;     /* (T) position of each batch token */
+    uint64_t *attn_cost;  /* (T + 1) prefix sums of the tokens' attention cost (attn_split) */
     float *rope_cs;       /* (T, n_rot) kern_rope_table of each batch token's position (all layers) */
     int32_t *logit_rows;  /* (max_logits) batch token index of each logits row */
     void *mm_scratch;     /* quantised activations for kern_matmul */
@@ -52,6 +58,7 @@ static int ctx_alloc(eng_ctx *c) {
     const eng_hparams *hp = &c->m->hp;
     size_t T = (size_t)c->p.max_tokens, q_dim = (size_t)hp->n_head * hp->head_dim;
     size_t wide = q_dim > hp->n_embd ? q_dim : hp->n_embd;
+    c->attn_scratch = kern_attn_scratch_floats((size_t)c->p.max_ctx, hp->head_dim);
     size_t kv_bytes = (size_t)c->p.n_blocks * c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4);
     if (!(c->k_cache = tk_calloc(hp->n_layer, sizeof(void *))) || !(c->v_cache = tk_calloc(hp->n_layer, sizeof(void *))))
         return ENG_ERR_NOMEM;
@@ -62,8 +69,9 @@ static int ctx_alloc(eng_ctx *c) {
         !(c->v = tk_calloc(T * c->kv_row, sizeof(float))) || !(c->attn = tk_calloc(T * q_dim, sizeof(float))) ||
         !(c->gate = tk_calloc(T * hp->n_ff, sizeof(float))) || !(c->up = tk_calloc(T * hp->n_ff, sizeof(float))) ||
         !(c->tmp = tk_calloc(T * hp->n_embd, sizeof(float))) ||
-        !(c->scores = tk_calloc((size_t)kern_pool_size(c->pool) * c->p.max_ctx, sizeof(float))) ||
+        !(c->scores = tk_calloc((size_t)kern_pool_size(c->pool) * c->attn_scratch, sizeof(float))) ||
         !(c->tok_seq = tk_calloc(T, sizeof(int32_t))) || !(c->tok_pos = tk_calloc(T, sizeof(int32_t))) ||
+        !(c->attn_cost = tk_calloc(T + 1, sizeof(uint64_t))) ||
         !(c->rope_cs = tk_calloc(T * (hp->n_rot ? hp->n_rot : 1), sizeof(float))) ||
         !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
         return ENG_ERR_NOMEM;
@@ -180,6 +188,7 @@ void eng_ctx_destroy(eng_ctx *c) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) tk_free(bufs[i]);
     tk_free(c->tok_seq);
     tk_free(c->tok_pos);
+    tk_free(c->attn_cost);
     tk_free(c->logit_rows);
     tk_free(c->mm_scratch);
     tk_free(c->layers);
@@ -245,6 +254,8 @@ static int batch_prepare(eng_ctx *c, const eng_batch *b) {
         }
     }
     if (t != b->n_tokens) return bad_batch(c, "batch: sequences cover %d of %d tokens", t, b->n_tokens);
+    for (int32_t i = 0; i < b->n_tokens; i++) /* a (token, head) item costs about its context length */
+        c->attn_cost[i + 1] = c->attn_cost[i] + (uint64_t)c->tok_pos[i] + 1 + ATTN_ITEM_OVERHEAD;
     return n_rows;
 }
 
@@ -255,24 +266,42 @@ typedef struct {
     uint32_t layer;
 } attn_job;
 
+/* First (token, head) item, token-major (item = t * n_head + h), of share ith of nth: the
+ * shares have about equal cost, an item of token t costing attn_cost[t + 1] - attn_cost[t]
+ * (causal prefill makes later tokens dearer). Share 0 starts at 0 and share nth ends at
+ * T * n_head; the boundaries only move forward with ith. */
+static size_t attn_split(const eng_ctx *c, size_t T, size_t n_head, int ith, int nth) {
+    const uint64_t *cum = c->attn_cost;
+    uint64_t w = cum[T] * n_head * (uint64_t)ith / (uint64_t)nth; /* < 2^64: T, contexts and heads are bounded */
+    size_t a = 0, b = T; /* the last token t with cum[t] * n_head <= w */
+    while (a < b) {
+        size_t m = (a + b + 1) / 2;
+        if (cum[m] * n_head <= w) a = m;
+        else b = m - 1;
+    }
+    if (a == T) return T * n_head;
+    uint64_t cost = cum[a + 1] - cum[a], h = (w - cum[a] * n_head + cost / 2) / cost;
+    return a * n_head + (h < n_head ? h : n_head);
+}
+
 static void attn_worker(void *ctx, int ith, int nth) {
     const attn_job *j = ctx;
     eng_ctx *c = j->c;
     const eng_hparams *hp = &c->m->hp;
-    size_t q_dim = (size_t)hp->n_head * hp->head_dim;
-    float *scratch = c->scores + (size_t)ith * c->p.max_ctx;
+    size_t q_dim = (size_t)hp->n_head * hp->head_dim, T = (size_t)j->b->n_tokens;
+    float *scratch = c->scores + (size_t)ith * c->attn_scratch;
     /* work items are (token, head) pairs, so one decoding sequence still uses every thread */
-    size_t n_items = (size_t)j->b->n_tokens * hp->n_head;
-    size_t lo = n_items * (size_t)ith / (size_t)nth, hi = n_items * (size_t)(ith + 1) / (size_t)nth;
-    while (lo < hi) {
-        size_t t = lo / hp->n_head, h0 = lo % hp->n_head;
-        size_t h1 = hp->n_head < h0 + (hi - lo) ? hp->n_head : h0 + (hi - lo);
+    size_t n_head = hp->n_head, lo = attn_split(c, T, n_head, ith, nth), hi = attn_split(c, T, n_head, ith + 1, nth);
+    while (lo < hi) { /* a run of this share's tokens of one sequence (its tokens are adjacent) */
+        size_t t = lo / n_head, te = t + 1;
+        while (te < T && te * n_head < hi && c->tok_seq[te] == c->tok_seq[t]) te++;
+        size_t end = te * n_head < hi ? te * n_head : hi;
         const eng_seq_step *sq = &j->b->seqs[c->tok_seq[t]];
         kern_kv_view kv = {c->k_cache[j->layer], c->v_cache[j->layer], c->p.kv_type, (size_t)c->p.block_size,
                            hp->n_head_kv, hp->head_dim, sq->block_table};
-        kern_attn_paged(c->attn + t * q_dim, c->q + t * q_dim, hp->n_head, h0, h1, &kv,
-                        (size_t)c->tok_pos[t] + 1, 1.0f / sqrtf((float)hp->head_dim), scratch);
-        lo += h1 - h0;
+        kern_attn_paged_run(c->attn + t * q_dim, c->q + t * q_dim, n_head, lo - t * n_head, end - t * n_head, &kv,
+                            (size_t)c->tok_pos[t] + 1, 1.0f / sqrtf((float)hp->head_dim), scratch);
+        lo = end;
     }
 }
 

@@ -175,11 +175,27 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
                    size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
                    const float *k_row, const float *v_row);
 
+/* Floats of scratch one thread needs for attention over up to max_ctx positions with heads of
+ * head_dim (a tile of queries: their f16-rounded q rows and their scores). */
+size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim);
+
 /* Causal attention of one query token attending to positions [0, n_ctx) of its sequence, for
  * heads [h0, h1): out (n_head*head_dim) = softmax(q.K^T * scale) V per head, with GQA (head h
- * uses kv head h / (n_head / n_kv_head)). scratch: at least n_ctx floats. */
+ * uses kv head h / (n_head / n_kv_head)). With an f16 cache, q is rounded to f16 before meeting
+ * K and the softmax weights are rounded to f16 before meeting V (llama.cpp's CPU path); sums
+ * are f32. scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);
+
+/* kern_attn_paged for a run of consecutive query tokens of one sequence, over a token-major
+ * range of (token, head) items: item k = i * n_head + h (token i of the run, head h) is
+ * computed for k in [lo, hi); token i (q rows q + i*n_head*head_dim, out likewise) attends to
+ * positions [0, n_ctx0 + i). The heads that share a kv head are computed together, several
+ * tokens at a time, so each K/V row is read once for them all. An item's result depends only
+ * on its q row, its context and the cache: bitwise the same whatever the range or the run.
+ * scratch: kern_attn_scratch_floats(n_ctx of the run's last token, head_dim) floats. */
+void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, size_t hi,
+                         const kern_kv_view *kv, size_t n_ctx0, float scale, float *scratch);
 
 /* One-time initialisation of lookup tables (f16 -> f32) and choice of the CPU kernel level
  * (best of avx512 / avx2 / scalar, or TOKD_ISA=scalar|avx2|avx512; logged once). Idempotent

@@ -254,7 +254,8 @@ done:
 /* ================================================================ attention */
 
 typedef struct {
-    float *out, *q, *scratch; /* scratch: (threads, n_ctx) */
+    float *out, *q, *scratch; /* scratch: (threads, scratch_floats) */
+    size_t scratch_floats;
     size_t n_head, n_ctx;
     kern_kv_view kv;
 } attn_job;
@@ -264,7 +265,7 @@ static void attn_worker(void *ctx, int ith, int nth) {
     size_t h0 = j->n_head * (size_t)ith / (size_t)nth, h1 = j->n_head * (size_t)(ith + 1) / (size_t)nth;
     if (h0 < h1)
         kern_attn_paged(j->out, j->q, j->n_head, h0, h1, &j->kv, j->n_ctx, 1.0f / sqrtf((float)j->kv.head_dim),
-                        j->scratch + (size_t)ith * j->n_ctx);
+                        j->scratch + (size_t)ith * j->scratch_floats);
 }
 
 typedef struct {
@@ -284,7 +285,7 @@ static void sec_attn(bench *b) {
     size_t kv_elems = max_ctx * row, nth = (size_t)kern_pool_size(b->pool);
     uint16_t *k = tk_malloc(kv_elems * 2), *v = tk_malloc(kv_elems * 2);
     float *q = tk_malloc(n_head * hd * sizeof(float)), *out = tk_malloc(n_head * hd * sizeof(float));
-    float *scratch = tk_malloc(nth * max_ctx * sizeof(float));
+    float *scratch = tk_malloc(nth * kern_attn_scratch_floats(max_ctx, hd) * sizeof(float));
     int32_t *table = tk_malloc(max_ctx / bs * sizeof(int32_t));
     cJSON *arr = cJSON_AddArrayToObject(b->json, "attention");
     fprintf(b->tab, "\n== kern_attn_paged, one token, %zu heads (%zu KV) x %zu, f16 KV in blocks of %zu\n", n_head, n_kv, hd,
@@ -296,7 +297,8 @@ static void sec_attn(bench *b) {
     fill_rand(q, n_head * hd, 1.0f);
     for (size_t c = 0; c < 5; c++) {
         if (o->quick && (c == 1 || c == 3)) continue;
-        attn_job j = {out, q, scratch, n_head, ctxs[c], {k, v, KERN_TYPE_F16, bs, n_kv, hd, table}};
+        attn_job j = {out, q, scratch, kern_attn_scratch_floats(max_ctx, hd), n_head, ctxs[c],
+                      {k, v, KERN_TYPE_F16, bs, n_kv, hd, table}};
         attn_call_ctx cc = {b->pool, &j};
         double s = time_median(attn_call, &cc, o->min_time / 4);
         double bytes = 2.0 * (double)(ctxs[c] * row * 2), flops = 4.0 * (double)(n_head * ctxs[c] * hd);

@@ -55,6 +55,27 @@ void *kern__pool_scratch(kern_pool *p, int ith, size_t bytes);
  * (pack.c): any level, either arithmetic. */
 void kern__mm_packed_rows(const kern__mm *j, size_t lo, size_t hi);
 
+/* Queries per attention tile: one tile's queries walk the cache together (kern_attn_paged_run);
+ * kern_attn_scratch_floats sizes for this many. */
+#define KERN__ATTN_QT 16
+
+/* A tile of attention queries of one sequence over an f16 cache: query i (q[i], head_dim values
+ * already rounded to f16) reads kv head kvh[i] at positions [0, n_ctx[i]) and its result goes
+ * to out[i] (head_dim, overwritten); sc[i] is n_ctx[i] floats of scratch. Queries that share a
+ * kv head are best placed next to each other (they share loads).
+ * Invariant: out[i] depends only on q[i], kvh[i], n_ctx[i], the cache and scale, never on the
+ * other queries of the tile nor on n (bitwise): batched steps equal one-sequence steps. */
+typedef struct {
+    const kern_kv_view *kv;
+    float scale;
+    size_t n; /* 1 .. KERN__ATTN_QT */
+    size_t kvh[KERN__ATTN_QT];
+    const float *q[KERN__ATTN_QT];
+    float *out[KERN__ATTN_QT];
+    size_t n_ctx[KERN__ATTN_QT];
+    float *sc[KERN__ATTN_QT];
+} kern__attn_tile;
+
 /* Kernels of one ISA level. Every entry is set (the scalar table is the fallback). */
 typedef struct {
     const char *name;
@@ -66,11 +87,11 @@ typedef struct {
     void (*mm_packed)(const kern__mm *j, size_t lo, size_t hi);
     /* kern_quantize_act_row, bitwise */
     void (*quant_act)(uint32_t act_type, const float *x, void *out, size_t n);
-    /* one head of kern_attn_paged over an f16 cache: q already rounded to f16 values, kv head
-     * kvh, out (head_dim) overwritten, scratch >= n_ctx floats */
-    void (*attn_f16)(float *out, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
-                     float *scratch);
+    /* a tile of kern_attn_paged_run over an f16 cache (kern__attn_tile) */
+    void (*attn_f16)(const kern__attn_tile *t);
     void (*rmsnorm)(float *out, const float *x, const float *w, size_t n, float eps);
+    /* dst[i] = kern_f32_to_f16(src[i]), bitwise for every input but NaN (which stays a NaN) */
+    void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     void (*add)(float *x, const float *y, size_t n);
 } kern__ops;

@@ -206,6 +206,10 @@ static void swiglu_scalar(float *out, const float *gate, const float *up, size_t
     for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+static void f32_to_f16_scalar(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = kern_f32_to_f16(src[i]);
+}
+
 static void add_scalar(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
@@ -237,11 +241,8 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
     size_t row = n_kv_head * head_dim;
     size_t off = slot_offset(block_table, block_size, row, pos) * kv_elem_bytes(kv_type);
     if (kv_type == KERN_TYPE_F16) {
-        uint16_t *k = (uint16_t *)((uint8_t *)k_layer + off), *v = (uint16_t *)((uint8_t *)v_layer + off);
-        for (size_t i = 0; i < row; i++) {
-            k[i] = kern_f32_to_f16(k_row[i]);
-            v[i] = kern_f32_to_f16(v_row[i]);
-        }
+        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)k_layer + off), k_row, row);
+        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)v_layer + off), v_row, row);
     } else {
         memcpy((uint8_t *)k_layer + off, k_row, row * 4);
         memcpy((uint8_t *)v_layer + off, v_row, row * 4);
@@ -254,8 +255,8 @@ static const void *kv_row(const kern_kv_view *kv, const void *base, size_t pos) 
     return (const uint8_t *)base + off * kv_elem_bytes(kv->kv_type);
 }
 
-/* One head over an f16 cache (see kern__ops.attn_f16): scores, softmax, then the weights
- * rounded to f16 (as llama.cpp's CPU path does) meet V; the sums stay f32. */
+/* One head over an f16 cache (the reference for kern__ops.attn_f16): scores, softmax, then the
+ * weights rounded to f16 (as llama.cpp's CPU path does) meet V; the sums stay f32. */
 static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, size_t kvh, size_t n_ctx,
                             float scale, float *scratch) {
     size_t hd = kv->head_dim;
@@ -274,6 +275,10 @@ static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, 
     }
 }
 
+static void attn_tile_scalar(const kern__attn_tile *t) {
+    for (size_t i = 0; i < t->n; i++) attn_f16_scalar(t->out[i], t->q[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
+}
+
 static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
                      float *scratch) {
     size_t hd = kv->head_dim;
@@ -286,24 +291,60 @@ static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t k
     }
 }
 
+static size_t attn_stride(size_t n_ctx) { return (n_ctx + 15) / 16 * 16; }
+
+size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim) {
+    return KERN__ATTN_QT * (head_dim + attn_stride(max_ctx));
+}
+
+/* Scratch: KERN__ATTN_QT q rows (head_dim each), then KERN__ATTN_QT score rows (stride each). */
+void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, size_t hi,
+                         const kern_kv_view *kv, size_t n_ctx0, float scale, float *scratch) {
+    kern_init();
+    if (lo >= hi) return;
+    const size_t hd = kv->head_dim, group = n_head / kv->n_kv_head, last = (hi - 1) / n_head;
+    if (kv->kv_type != KERN_TYPE_F16) {
+        for (size_t k = lo; k < hi; k++)
+            attn_f32(out + k * hd, q + k * hd, kv, k % n_head / group, n_ctx0 + k / n_head, scale, scratch);
+        return;
+    }
+    const size_t stride = attn_stride(n_ctx0 + last);
+    float *qr = scratch, *sc = scratch + KERN__ATTN_QT * hd;
+    uint16_t qh[1024]; /* head_dim <= 1024 (checked at model load) */
+    kern__attn_tile t = {.kv = kv, .scale = scale};
+    /* one kv head at a time: its heads of every token of the range in token order; a tile may
+     * hold several kv heads (a decode step's heads walk the cache together) */
+    for (size_t g = 0; g < kv->n_kv_head; g++) {
+        for (size_t i = lo / n_head; i <= last; i++) {
+            size_t ha = g * group, hb = ha + group;
+            if (i * n_head + ha < lo) ha = lo - i * n_head;
+            if (i * n_head + hb > hi) hb = hi - i * n_head;
+            for (size_t h = ha; h < hb; h++) {
+                const size_t k = i * n_head + h, j = t.n++;
+                /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
+                kern__cur->f32_to_f16(qh, q + k * hd, hd);
+                for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];
+                t.kvh[j] = g;
+                t.q[j] = qr + j * hd;
+                t.out[j] = out + k * hd;
+                t.n_ctx[j] = n_ctx0 + i;
+                t.sc[j] = sc + j * stride;
+                if (t.n == KERN__ATTN_QT) kern__cur->attn_f16(&t), t.n = 0;
+            }
+        }
+    }
+    if (t.n) kern__cur->attn_f16(&t);
+}
+
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch) {
-    kern_init();
-    size_t hd = kv->head_dim, group = n_head / kv->n_kv_head;
-    bool f16 = kv->kv_type == KERN_TYPE_F16;
-    float qr[1024]; /* head_dim <= 1024 (checked at model load) */
-    for (size_t h = h0; h < h1; h++) {
-        /* With an f16 cache, q is rounded to f16 before meeting K, as llama.cpp's CPU path does */
-        for (size_t i = 0; i < hd; i++) qr[i] = f16 ? f16_table[kern_f32_to_f16(q[h * hd + i])] : q[h * hd + i];
-        if (f16) kern__cur->attn_f16(out + h * hd, qr, kv, h / group, n_ctx, scale, scratch);
-        else attn_f32(out + h * hd, qr, kv, h / group, n_ctx, scale, scratch);
-    }
+    kern_attn_paged_run(out, q, n_head, h0, h1, kv, n_ctx, scale, scratch);
 }
 
 /* ---- dispatch ---- */
 
-const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_f16_scalar,
-                                    rmsnorm_scalar, swiglu_scalar, add_scalar};
+const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_tile_scalar,
+                                    rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }

@@ -17,6 +17,7 @@
 #define vload(p) _mm256_loadu_ps(p)
 #define vload_h(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define vstore(p, v) _mm256_storeu_ps(p, v)
+#define vstore_h(p, v) _mm_storeu_si128((__m128i *)(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT))
 #define vset1(a) _mm256_set1_ps(a)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm256_add_ps(a, b)
@@ -49,6 +50,24 @@ static inline float vhmax(__m256 v) {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
+}
+
+/* lane i = vhsum(v[i]) bitwise: the same tree for all 8 at once, shuffles shared. The tree
+ * leaves slot s's sum in lane 4 * (s % 2) + s / 2, so slot s takes v[4 * (s % 2) + s / 2]. */
+static inline __m256 vhsum_lanes(const __m256 v[8]) {
+#define SL(s) v[4 * ((s) % 2) + (s) / 2]
+    __m256 z[4], u[2];
+#pragma GCC unroll 8
+    for (int m = 0; m < 4; m++) /* 128-bit halves: [slot 2m's lo + hi | slot 2m+1's] */
+        z[m] = _mm256_add_ps(_mm256_permute2f128_ps(SL(2 * m), SL(2 * m + 1), 0x20),
+                             _mm256_permute2f128_ps(SL(2 * m), SL(2 * m + 1), 0x31));
+#pragma GCC unroll 8
+    for (int m = 0; m < 2; m++) /* elements j + j+2 */
+        u[m] = _mm256_add_ps(_mm256_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+#undef SL
 }
 
 #include "kernels/cpu/simd_tmpl.h"

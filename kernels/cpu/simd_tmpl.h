@@ -2,8 +2,8 @@
  * vectors (VL 8, __m256, TMAX 3) and by simd_avx512.c with 16-lane vectors (VL 16, __m512,
  * TMAX 6). The includer defines VF, VL, TMAX, MK_CASES, the vector ops (vzero, vload, vstore,
  * vset1, vfma, vfms, vadd, vsub, vmul, vdiv, vmin, vmax, vand, vround, vpow2i), the fixed
- * reduction trees vhsum / vhmax, converters (vcvt_u8, vcvt_i8, vload_h, vload_bf16, vround_h)
- * and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
+ * reduction trees vhsum / vhmax (and vhsum_lanes: VL vhsums at once), converters (vcvt_u8,
+ * vcvt_i8, vload_h, vstore_h, vload_bf16, vround_h) and IDOT32 (u8 x s8 dot of 32 bytes into 8 int32 lanes: maddubs+madd on AVX2, vpdpbusd on
  * VNNI). Everything here is static; the includer exports one kern__ops table (at the end).
  *
  * f32-activation matmul. Per output (row o, token t) the arithmetic is always:
@@ -358,12 +358,165 @@ static inline VF vexp(VF x) {
     return vmul(p, vpow2i(n));
 }
 
-/* ---- attention over an f16 KV cache (one head; see kern__ops.attn_f16) ----
- * Slots of one KV block are contiguous (stride n_kv_head*head_dim), so positions are walked a
- * block at a time. Scores: F16C-widened K times q (already f16-rounded) with VL-wide FMAs.
- * Softmax: vexp, f32 sum, then each weight rounded to f16 through F16C (bitwise the scalar
- * kern_f32_to_f16 rounding for finite values). V: out accumulated in registers, 4 vectors of
- * head_dim at a time, over every position. */
+/* ---- attention over an f16 KV cache (a tile of queries of one sequence; kern__attn_tile) ----
+ * Per query the arithmetic is fixed, whatever else is in the tile (kern__attn_tile's invariant):
+ *   score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from zero;
+ *   softmax_f16w over its n_ctx scores (vexp, f32 sum, weights rounded to f16 through F16C,
+ *   bitwise the scalar kern_f32_to_f16 rounding for finite values);
+ *   out[d..d+VL) = fma(w[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero.
+ * The tile only shares loads. Its queries are cut into chunks of consecutive queries with one
+ * kv head: a K row is widened once per chunk of up to SC_R queries, whose scores for P
+ * positions sit in VL accumulators summed together by vhsum_lanes (lane by lane the vhsum
+ * tree, shuffles shared); a V row once per chunk of up to PV_R. And the whole tile walks the
+ * cache once, 16 slots at a time, every chunk taking its heads from those slots, so the slot
+ * rows stream through in order rather than one kv head's slice at a time (the partial V sums
+ * wait in out between two groups of slots, which changes no rounding). */
+
+#define SC_R 4                   /* queries per score chunk */
+#define PV_R (VL == 16 ? 4 : 2)  /* queries per V chunk: PV_R x 4 accumulators */
+#define AG 16                    /* slots per step of the walk; every P divides it */
+
+/* Slot rows of positions [c, c + AG) of a K or V cache (element pointers, kv head 0); positions
+ * from n on (past the longest context of the tile) get row c's, which is never used. */
+static inline void attn_rows(const kern_kv_view *kv, const uint16_t *base, size_t c, size_t n, const uint16_t *rp[AG]) {
+    const size_t bs = kv->block_size, row = kv->n_kv_head * kv->head_dim;
+    if (bs % AG == 0) { /* the AG slots lie in one block */
+        const uint16_t *r0 = base + ((size_t)kv->block_table[c / bs] * bs + c % bs) * row;
+        for (int j = 0; j < AG; j++) rp[j] = r0 + (size_t)j * row;
+        return;
+    }
+    for (size_t j = 0, p = c; j < AG; j++, p++)
+        rp[j] = p < n ? base + ((size_t)kv->block_table[p / bs] * bs + p % bs) * row : rp[0];
+}
+
+/* Scores at positions [c, c + AG) of queries [i0, i0 + R), one kv head (R <= SC_R, a constant
+ * once inlined; P = VL / R positions per step, 4 for R = 3) */
+static inline __attribute__((always_inline)) void attn_scores(const kern__attn_tile *t, size_t i0, const int R,
+                                                              const uint16_t *const kr[AG], size_t c) {
+    const int P = R == 3 ? VL / 4 : VL / R;
+    const size_t hd = t->kv->head_dim, off = t->kvh[i0] * hd;
+    const float *q[SC_R];
+    size_t n_max = 0;
+    for (int r = 0; r < R; r++) {
+        q[r] = t->q[i0 + r];
+        n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
+    }
+    const VF sv = vset1(t->scale);
+    for (size_t p0 = c; p0 < c + AG && p0 < n_max; p0 += P) {
+        const uint16_t *const *kp = kr + (p0 - c);
+        VF acc[VL]; /* registers: the loops over them are unrolled */
+#pragma GCC unroll 16
+        for (int a = 0; a < VL; a++) acc[a] = vzero();
+        for (size_t d = off; d < off + hd; d += VL)
+#pragma GCC unroll 16
+            for (int j = 0; j < P; j++) {
+                const VF k = vload_h(kp[j] + d);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r * P + j] = vfma(k, vload(q[r] + d - off), acc[r * P + j]);
+            }
+        float s[VL];
+        vstore(s, vmul(vhsum_lanes(acc), sv));
+        for (int r = 0; r < R; r++) {
+            const size_t n = t->n_ctx[i0 + r];
+            if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0 < (size_t)P ? n - p0 : (size_t)P) * sizeof(float));
+        }
+    }
+}
+
+/* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
+ * [c, c + AG): the running sums start from zero at c = 0 and wait in out between steps
+ * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time) */
+static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile *t, size_t i0, const int R, const int NVC,
+                                                          int nv, size_t d0, const uint16_t *const vr[AG], size_t c) {
+    const int nvv = NVC ? NVC : nv;
+    const size_t off = t->kvh[i0] * t->kv->head_dim + d0;
+    const float *w[PV_R];
+    float *o[PV_R];
+    size_t n_min = SIZE_MAX, n_max = 0;
+    for (int r = 0; r < R; r++) {
+        w[r] = t->sc[i0 + r];
+        o[r] = t->out[i0 + r] + d0;
+        n_min = t->n_ctx[i0 + r] < n_min ? t->n_ctx[i0 + r] : n_min;
+        n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
+    }
+    if (c >= n_max) return;
+    VF acc[PV_R][4], v[4]; /* registers: the loops over them are unrolled */
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            acc[r][k] = c && k < nvv ? vload(o[r] + VL * k) : vzero();
+    const size_t e = c + AG < n_max ? c + AG : n_max, m = n_min < e ? n_min : e;
+    size_t p = c;
+    for (; p < m; p++) { /* positions every query of the chunk reaches */
+        const uint16_t *vp = vr[p - c] + off;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            if (k < nvv) v[k] = vload_h(vp + VL * k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const VF a = vset1(w[r][p]);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
+        }
+    }
+    for (; p < e; p++) { /* the causal tail: only the queries that reach p */
+        const uint16_t *vp = vr[p - c] + off;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            if (k < nvv) v[k] = vload_h(vp + VL * k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (p >= t->n_ctx[i0 + r]) continue;
+            const VF a = vset1(w[r][p]);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            if (k < nvv) vstore(o[r] + VL * k, acc[r][k]);
+}
+
+static void attn_scores_any(const kern__attn_tile *t, size_t i0, int R, const uint16_t *const kr[AG], size_t c) {
+    switch (R) {
+    case 1: attn_scores(t, i0, 1, kr, c); break;
+    case 2: attn_scores(t, i0, 2, kr, c); break;
+    case 3: attn_scores(t, i0, 3, kr, c); break;
+    default: attn_scores(t, i0, 4, kr, c); break;
+    }
+}
+
+static void attn_pv_any(const kern__attn_tile *t, size_t i0, int R, int nv, size_t d0, const uint16_t *const vr[AG],
+                        size_t c) {
+    if (nv < 4) { /* head_dim not a multiple of 4 vectors: its last part, one query at a time */
+        for (int r = 0; r < R; r++) attn_pv(t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
+        return;
+    }
+    switch (R) {
+    case 1: attn_pv(t, i0, 1, 4, 4, d0, vr, c); break;
+#if PV_R > 2
+    case 2: attn_pv(t, i0, 2, 4, 4, d0, vr, c); break;
+    case 3: attn_pv(t, i0, 3, 4, 4, d0, vr, c); break;
+#endif
+    default: attn_pv(t, i0, PV_R, 4, 4, d0, vr, c); break;
+    }
+}
+
+/* Cuts the tile into chunks of consecutive queries with one kv head, at most rmax each:
+ * chunk k is queries [i0[k], i0[k] + nr[k]). Returns the number of chunks. */
+static int attn_chunks(const kern__attn_tile *t, int rmax, size_t i0[KERN__ATTN_QT], int nr[KERN__ATTN_QT]) {
+    int n = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        if (n && t->kvh[i] == t->kvh[i0[n - 1]] && nr[n - 1] < rmax) nr[n - 1]++;
+        else i0[n] = i, nr[n++] = 1;
+    }
+    return n;
+}
 
 static void softmax_f16w(float *x, size_t n) {
     VF m = vset1(-INFINITY);
@@ -385,38 +538,29 @@ static void softmax_f16w(float *x, size_t n) {
     for (; i < n; i++) x[i] = _cvtsh_ss(kern_f32_to_f16(x[i] * inv));
 }
 
-static void attn_f16(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
-                     float *sc) {
-    const size_t hd = kv->head_dim, row = kv->n_kv_head * hd, bs = kv->block_size;
+static void attn_f16(const kern__attn_tile *t) {
+    const kern_kv_view *kv = t->kv;
+    const size_t hd = kv->head_dim;
     if (hd % VL || hd > 1024) {
-        kern__ops_scalar.attn_f16(oh, q, kv, kvh, n_ctx, scale, sc);
+        kern__ops_scalar.attn_f16(t);
         return;
     }
-    const uint16_t *K = (const uint16_t *)kv->k + kvh * hd, *V = (const uint16_t *)kv->v + kvh * hd;
-    for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
-        const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-        const uint16_t *kb = K + (size_t)kv->block_table[p0 / bs] * bs * row;
-        for (size_t i = 0; i < n; i++) {
-            VF acc = vzero();
-            for (size_t d = 0; d < hd; d += VL) acc = vfma(vload_h(kb + i * row + d), vload(q + d), acc);
-            sc[p0 + i] = vhsum(acc) * scale;
-        }
+    size_t n_max = 0, ci[KERN__ATTN_QT];
+    int cr[KERN__ATTN_QT];
+    for (size_t i = 0; i < t->n; i++) n_max = t->n_ctx[i] > n_max ? t->n_ctx[i] : n_max;
+    const uint16_t *rp[AG];
+    int nc = attn_chunks(t, SC_R, ci, cr);
+    for (size_t c = 0; c < n_max; c += AG) {
+        attn_rows(kv, kv->k, c, n_max, rp);
+        for (int k = 0; k < nc; k++) attn_scores_any(t, ci[k], cr[k], rp, c);
     }
-    softmax_f16w(sc, n_ctx);
-    for (size_t d0 = 0; d0 < hd; d0 += 4 * VL) {
-        const int nv = hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4;
-        VF acc[4] = {vzero(), vzero(), vzero(), vzero()};
-        for (size_t p0 = 0; p0 < n_ctx; p0 += bs) {
-            const size_t n = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            const uint16_t *vb = V + (size_t)kv->block_table[p0 / bs] * bs * row + d0;
-            for (size_t i = 0; i < n; i++) {
-                const VF a = vset1(sc[p0 + i]);
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++)
-                    if (k < nv) acc[k] = vfma(a, vload_h(vb + i * row + VL * k), acc[k]);
-            }
-        }
-        for (int k = 0; k < nv; k++) vstore(oh + d0 + VL * k, acc[k]);
+    for (size_t i = 0; i < t->n; i++) softmax_f16w(t->sc[i], t->n_ctx[i]);
+    nc = attn_chunks(t, PV_R, ci, cr);
+    for (size_t c = 0; c < n_max; c += AG) {
+        attn_rows(kv, kv->v, c, n_max, rp);
+        for (int k = 0; k < nc; k++)
+            for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
+                attn_pv_any(t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
     }
 }
 
@@ -443,6 +587,14 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
+/* F16C's round-to-nearest-even is kern_f32_to_f16's for every non-NaN input (subnormals and
+ * overflow to inf included) */
+static void f32_to_f16(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore_h(dst + i, vload(src + i));
+    for (; i < n; i++) dst[i] = kern_f32_to_f16(src[i]);
+}
+
 static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     size_t i = 0;
     for (; i + VL <= n; i += VL) {
@@ -453,4 +605,4 @@ static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, rmsnorm, swiglu, add}
+#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, rmsnorm, f32_to_f16, swiglu, add}

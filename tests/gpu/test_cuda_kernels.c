@@ -293,7 +293,7 @@ static void test_attention_case(int n_head, int n_kv, int hd, int bs, const seq_
                 pre[n_pre++] = (kcu_attn_tile){t + i, nq, seqs[s].n_cached + i, bt_off};
             }
         }
-        float *scratch = malloc((size_t)len * 4);
+        float *scratch = malloc(kern_attn_scratch_floats((size_t)len, (size_t)hd) * 4);
         kern_kv_view kv = {kc, vc, KERN_TYPE_F16, (size_t)bs, (size_t)n_kv, (size_t)hd, bt};
         for (int i = 0; i < seqs[s].n_new; i++)
             kern_attn_paged(ref + (size_t)(t + i) * q_dim, q + (size_t)(t + i) * q_dim, (size_t)n_head, 0, (size_t)n_head,

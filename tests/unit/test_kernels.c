@@ -479,6 +479,46 @@ START_TEST(test_elementwise_every_isa) {
 }
 END_TEST
 
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* kern_kv_store's f32 -> f16 at every ISA level, bitwise against kern_f32_to_f16: random
+ * exponents across the f16 subnormal, normal and overflow ranges, exact ties, zeros, inf, and
+ * the edges around 65504; odd row lengths exercise the vector tails. NaN only has to stay NaN. */
+START_TEST(test_kv_store_f16_every_isa) {
+    enum { N = 263 };
+    static float k[N], v[N];
+    static uint16_t K[N], V[N];
+    const float edges[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65536.0f, 6.1035156e-05f, 5.9604645e-08f,
+                           2.9802322e-08f, 2.9802326e-08f, 1e-30f, INFINITY, -INFINITY, NAN};
+    kern_init();
+    const int32_t table[1] = {0};
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t n = 1; n <= N; n += 29) {
+            for (size_t i = 0; i < n; i++) {
+                uint32_t r = (uint32_t)(frand() * 8388608.0f) & 0x7fffff, e = 96 + (uint32_t)((frand() + 1) * 26) % 52;
+                uint32_t sign = frand() < 0 ? 0x80000000u : 0;
+                if (i % 5 == 1) r = (r & ~0x1fffu) | 0x1000u; /* a tie between two f16 neighbours */
+                k[i] = bits_f32(sign | e << 23 | r);
+                v[i] = i % 3 ? frand() * 100 : edges[i % (sizeof edges / sizeof edges[0])];
+            }
+            kern_kv_store(K, V, KERN_TYPE_F16, 1, 1, n, table, 0, k, v);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_msg(K[i] == kern_f32_to_f16(k[i]), "%s n %zu: %a -> %04x, scalar %04x", isa_name[isa], n,
+                              (double)k[i], K[i], kern_f32_to_f16(k[i]));
+                if (isnan(v[i])) ck_assert((V[i] & 0x7c00) == 0x7c00 && (V[i] & 0x3ff));
+                else ck_assert_msg(V[i] == kern_f32_to_f16(v[i]), "%s: %a -> %04x", isa_name[isa], (double)v[i], V[i]);
+            }
+        }
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
 START_TEST(test_rmsnorm_rope_swiglu_softmax) {
     float x[67], w[67], out[67];
     for (int i = 0; i < 67; i++) x[i] = frand() * 3, w[i] = frand();
@@ -512,56 +552,96 @@ START_TEST(test_rmsnorm_rope_swiglu_softmax) {
 }
 END_TEST
 
-/* Paged attention with scattered blocks equals dense attention over the same K/V. */
-START_TEST(test_attention_paged_vs_dense) {
-    enum { NH = 6, NKV = 2, HD = 48, BS = 4, NCTX = 23, NBLK = 16 }; /* HD: 3 AVX-512 or 6 AVX2 vectors */
-    kern_init();
-    for (int step = 0; step < 2 * (kern__isa_best() + 1); step++) { /* (ISA level, KV type) */
-        int kvt = step % 2;
-        ck_assert_int_eq(kern__set_isa(step / 2), 0);
-        uint32_t type = kvt ? KERN_TYPE_F16 : KERN_TYPE_F32;
-        size_t eb = kvt ? 2 : 4, row = NKV * HD;
-        void *K = calloc(NBLK * BS * row, eb), *V = calloc(NBLK * BS * row, eb);
-        int32_t table[6] = {9, 2, 14, 0, 7, 3};
-        float k[NCTX][NKV * HD], v[NCTX][NKV * HD], q[NH * HD], out[NH * HD], scratch[NCTX];
-        for (int p = 0; p < NCTX; p++) {
-            for (int i = 0; i < NKV * HD; i++) k[p][i] = frand(), v[p][i] = frand();
-            kern_kv_store(K, V, type, BS, NKV, HD, table, p, k[p], v[p]);
-        }
-        for (int i = 0; i < NH * HD; i++) q[i] = frand();
-        kern_kv_view kv = {K, V, type, BS, NKV, HD, table};
-        kern_attn_paged(out, q, NH, 0, NH, &kv, NCTX, 0.3f, scratch);
-        double max_err = 0;
-        for (int h = 0; h < NH; h++) {
-            int g = h / (NH / NKV);
-            double s[NCTX], mx = -1e30, sum = 0;
-            for (int p = 0; p < NCTX; p++) {
+/* One paged-attention case at the current ISA level: a sequence with n_ctx0 - 1 cached
+ * positions and n_tok new tokens, K/V in scattered blocks of bs slots. The run of all
+ * (token, head) items must match a dense double-precision reference (f16 KV: inputs rounded
+ * like the kernel; weights rounded to f16 before meeting V), and every item must be bitwise the
+ * same computed alone (kern_attn_paged, one head) and inside split ranges of the run, as the
+ * engine's threads cut it. Returns the max abs error. */
+static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t BS, size_t n_ctx0, size_t n_tok) {
+    const bool f16 = type == KERN_TYPE_F16;
+    const size_t eb = f16 ? 2 : 4, row = NKV * HD, n_all = n_ctx0 + n_tok - 1, n_blk = (n_all + BS - 1) / BS;
+    const size_t pool_blocks = 2 * n_blk + 3, q_dim = NH * HD, group = NH / NKV;
+    void *K = calloc(pool_blocks * BS * row, eb), *V = calloc(pool_blocks * BS * row, eb);
+    int32_t *table = malloc(n_blk * sizeof(int32_t));
+    float *k = malloc(n_all * row * sizeof(float)), *v = malloc(n_all * row * sizeof(float));
+    float *q = malloc(n_tok * q_dim * sizeof(float)), *out = malloc(n_tok * q_dim * sizeof(float));
+    float *one = malloc(q_dim * sizeof(float)), *split = malloc(n_tok * q_dim * sizeof(float));
+    float *scratch = malloc(kern_attn_scratch_floats(n_all, HD) * sizeof(float));
+    double *s = malloc(n_all * sizeof(double));
+    for (size_t b = 0; b < n_blk; b++) table[b] = (int32_t)(pool_blocks - 1 - 2 * b); /* scattered, backwards */
+    for (size_t p = 0; p < n_all; p++) {
+        for (size_t i = 0; i < row; i++) k[p * row + i] = frand(), v[p * row + i] = frand();
+        kern_kv_store(K, V, type, BS, NKV, HD, table, (int32_t)p, k + p * row, v + p * row);
+    }
+    for (size_t i = 0; i < n_tok * q_dim; i++) q[i] = frand() * 2;
+    kern_kv_view kv = {K, V, type, BS, NKV, HD, table};
+    const float scale = 1.0f / sqrtf((float)HD);
+    kern_attn_paged_run(out, q, NH, 0, n_tok * NH, &kv, n_ctx0, scale, scratch);
+#define R16(x) (f16 ? (double)kern_f16_to_f32(kern_f32_to_f16(x)) : (double)(x))
+    double max_err = 0;
+    for (size_t t = 0; t < n_tok; t++)
+        for (size_t h = 0; h < NH; h++) {
+            const size_t g = h / group, n = n_ctx0 + t;
+            const float *qh = q + t * q_dim + h * HD;
+            double mx = -1e30, sum = 0;
+            for (size_t p = 0; p < n; p++) {
                 double d = 0;
-                for (int i = 0; i < HD; i++) {
-                    double kk = kvt ? kern_f16_to_f32(kern_f32_to_f16(k[p][g * HD + i])) : k[p][g * HD + i];
-                    double qq = kvt ? kern_f16_to_f32(kern_f32_to_f16(q[h * HD + i])) : q[h * HD + i];
-                    d += qq * kk;
-                }
-                s[p] = d * 0.3;
+                for (size_t i = 0; i < HD; i++) d += R16(qh[i]) * R16(k[p * row + g * HD + i]);
+                s[p] = d * scale;
                 mx = s[p] > mx ? s[p] : mx;
             }
-            for (int p = 0; p < NCTX; p++) sum += s[p] = exp(s[p] - mx);
-            for (int p = 0; p < NCTX; p++) /* weights meet an f16 V as f16 */
-                s[p] = kvt ? kern_f16_to_f32(kern_f32_to_f16((float)(s[p] / sum))) : s[p] / sum;
-            for (int i = 0; i < HD; i++) {
+            for (size_t p = 0; p < n; p++) sum += s[p] = exp(s[p] - mx);
+            for (size_t p = 0; p < n; p++) s[p] = R16((float)(s[p] / sum)); /* weights meet an f16 V as f16 */
+            for (size_t i = 0; i < HD; i++) {
                 double o = 0;
-                for (int p = 0; p < NCTX; p++)
-                    o += s[p] * (kvt ? kern_f16_to_f32(kern_f32_to_f16(v[p][g * HD + i])) : v[p][g * HD + i]);
-                double e = fabs(o - out[h * HD + i]);
-                max_err = e > max_err ? e : max_err;
+                for (size_t p = 0; p < n; p++) o += s[p] * R16(v[p * row + g * HD + i]);
+                max_err = fmax(max_err, fabs(o - out[t * q_dim + h * HD + i]));
             }
+            /* alone: one token, one head */
+            kern_attn_paged(one, q + t * q_dim, NH, h, h + 1, &kv, n, scale, scratch);
+            ck_assert_msg(memcmp(one + h * HD, out + t * q_dim + h * HD, HD * sizeof(float)) == 0,
+                          "%s KV %zu/%zu heads x %zu, token %zu head %zu: alone differs from the run", f16 ? "f16" : "f32",
+                          NH, NKV, HD, t, h);
         }
-        printf("%-6s paged attention (%s KV): max abs err vs dense %.2e\n", isa_name[step / 2], kvt ? "f16" : "f32", max_err);
-        /* f16 KV: a weight the kernel rounds (from f32) to the other f16 neighbour than the
-         * double reference does moves the output by 2^-11 of that weight */
-        ck_assert_msg(max_err < (kvt ? 2e-4 : 1e-5), "%s %s KV: %g", isa_name[step / 2], kvt ? "f16" : "f32", max_err);
-        free(K);
-        free(V);
+#undef R16
+    /* the run cut into ranges at odd places, as the engine's threads do */
+    size_t cuts[4] = {0, 1 + (size_t)((frand() + 1) * 0.5 * (double)(n_tok * NH - 1)), 0, n_tok * NH};
+    cuts[2] = cuts[1] + (n_tok * NH - cuts[1]) / 2;
+    memset(split, 0xff, n_tok * q_dim * sizeof(float));
+    for (int c = 0; c < 3; c++) {
+        size_t t0 = cuts[c] / NH; /* a range starts at its first token, as attn_worker calls it */
+        kern_attn_paged_run(split + t0 * q_dim, q + t0 * q_dim, NH, cuts[c] - t0 * NH, cuts[c + 1] - t0 * NH, &kv,
+                            n_ctx0 + t0, scale, scratch);
+    }
+    ck_assert_msg(memcmp(split, out, n_tok * q_dim * sizeof(float)) == 0, "%s KV: a split run differs", f16 ? "f16" : "f32");
+    free(K), free(V), free(table), free(k), free(v), free(q), free(out), free(one), free(split), free(scratch), free(s);
+    return max_err;
+}
+
+/* Paged attention with scattered blocks equals dense attention over the same K/V, at every ISA
+ * level, for GQA groups of 1, 3 and 8, head sizes 48 / 64 / 128, odd contexts and block sizes,
+ * single tokens and causal runs; and an item's result never depends on what it was batched with. */
+START_TEST(test_attention_paged_vs_dense) {
+    static const struct { size_t nh, nkv, hd, bs, n_ctx0, n_tok; } cases[] = {
+        {6, 2, 48, 4, 23, 1},   {6, 2, 48, 4, 1, 9},     {8, 8, 64, 16, 37, 5}, {9, 3, 64, 16, 130, 3},
+        {16, 2, 128, 5, 61, 4}, {16, 2, 128, 16, 1, 19}, {32, 4, 64, 16, 9, 3}, {4, 1, 64, 3, 300, 2},
+    };
+    kern_init();
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (int kvt = 0; kvt < 2; kvt++) {
+            double worst = 0;
+            for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+                double e = check_attn(kvt ? KERN_TYPE_F16 : KERN_TYPE_F32, cases[c].nh, cases[c].nkv, cases[c].hd,
+                                      cases[c].bs, cases[c].n_ctx0, cases[c].n_tok);
+                /* f16 KV: a weight the kernel rounds (from f32) to the other f16 neighbour than the
+                 * double reference does moves the output by 2^-11 of that weight */
+                ck_assert_msg(e < (kvt ? 2e-4 : 1e-5), "%s %s KV case %zu: %g", isa_name[isa], kvt ? "f16" : "f32", c, e);
+                worst = fmax(worst, e);
+            }
+            printf("%-6s paged attention (%s KV): max abs err vs dense %.2e\n", isa_name[isa], kvt ? "f16" : "f32", worst);
+        }
     }
     kern__set_isa(kern__isa_best());
 }
@@ -626,6 +706,7 @@ int main(void) {
     tcase_add_test(tc, test_act_k_ref_vs_double);
     tcase_add_test(tc, test_matmul_act_k_shapes);
     tcase_add_test(tc, test_elementwise_every_isa);
+    tcase_add_test(tc, test_kv_store_f16_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
     tcase_add_test(tc, test_pool_runs_every_share);
