@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/tk_log.h"
 #include "common/tk_mem.h"
 #include "engine/forward_cuda.h"
 #include "engine/model_internal.h"
@@ -119,6 +120,7 @@ static int ctx_weights(eng_ctx *c) {
         }
         if (pass == 0) {
             if (!(total = off)) return 0;
+            TK_INFO("engine: %.1f MiB of weights packed for the 8-bit kernels", (double)total / 1048576.0);
             if (!(c->packed_raw = tk_malloc(total + 63))) return ENG_ERR_NOMEM;
             base = (uint8_t *)(((uintptr_t)c->packed_raw + 63) & ~(uintptr_t)63);
         }
