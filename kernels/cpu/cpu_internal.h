@@ -3,6 +3,8 @@
 #ifndef KERNELS_CPU_INTERNAL_H
 #define KERNELS_CPU_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "kernels/kern.h"
 
 enum { KERN_ISA_SCALAR = 0, KERN_ISA_AVX2 = 1, KERN_ISA_AVX512 = 2, KERN_ISA_COUNT = 3 };
@@ -20,6 +22,11 @@ typedef struct {
     void *scratch;            /* this thread's kern__act_scratch_bytes(n_in, n_tok) bytes, 64-byte aligned,
                                * for the quantised-activation GEMM (n_tok > 1); NULL: none (that GEMM
                                * then runs one token at a time, same results) */
+    _Atomic size_t *next;     /* packed GEMV (n_tok 1) only, non-NULL: ignore [lo, hi) and take rows
+                               * [r, r + chunk) with r = atomic_fetch_add(next, chunk) until r >= n_out
+                               * (threads that finish early take more; a row's result never depends on
+                               * who computes it) */
+    size_t chunk;
 } kern__mm;
 
 /* K-quant activations (act_quant_k.c): bytes of a Q8_K block, its quantiser and the scalar

@@ -76,6 +76,8 @@ static void mm_f32_scalar(const kern__mm *j, size_t lo, size_t hi) {
 #define MM_MAX_OPS 4
 typedef struct {
     kern__mm mm[MM_MAX_OPS];
+    _Atomic size_t next[MM_MAX_OPS]; /* dynamic row chunks of a packed one-token job (see kern__mm.next) */
+    bool dyn;
     int n;
     size_t rows;          /* sum of the n_out */
     kern_pool *pool;      /* owner of the per-thread scratch; NULL: a single-thread call */
@@ -84,7 +86,15 @@ typedef struct {
 } mm_job;
 
 static void matmul_worker(void *ctx, int ith, int nth) {
-    const mm_job *j = ctx;
+    mm_job *j = ctx;
+    if (j->dyn) { /* op by op, every thread taking chunks until the op's rows run out */
+        for (int i = 0; i < j->n; i++) {
+            kern__mm m = j->mm[i];
+            m.next = &j->next[i];
+            kern__cur->mm_packed(&m, 0, m.n_out);
+        }
+        return;
+    }
     size_t lo, hi, base = 0;
     split_range(j->rows, ith, nth, 16, &lo, &hi);
     void *scratch = NULL;
@@ -128,7 +138,7 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
     mm_job j = {.n = n, .pool = p};
     for (int i = 0; i < n; i++) {
         j.mm[i] = (kern__mm){outs[i].wtype, act, outs[i].W, kern_row_bytes(outs[i].wtype & ~KERN_PACKED, n_in), kern_act_row_bytes(act, n_in),
-                             X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok, NULL};
+                             X, NULL, outs[i].Y, n_in, outs[i].n_out, n_tok, NULL, NULL, 0};
         j.rows += outs[i].n_out;
     }
     void *raw = NULL;
@@ -140,6 +150,15 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
         /* Without a pool (tests, tools; not the forward pass) the GEMM's scratch is this call's */
         if (j.scratch_bytes && !p && (raw = tk_malloc(j.scratch_bytes + 63)))
             j.scratch = (void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    }
+    /* one token, packed, several threads: rows in chunks taken as threads come free, so a
+     * thread slowed down (a busy host, a late wake-up) does not hold the step */
+    j.dyn = n_tok == 1 && act != KERN_TYPE_F32 && kern__cur->mm_packed && kern_pool_size(p) > 1;
+    for (int i = 0; i < n && j.dyn; i++) {
+        j.dyn = (outs[i].wtype & KERN_PACKED) != 0;
+        size_t c = outs[i].n_out / ((size_t)kern_pool_size(p) * 4);
+        j.mm[i].chunk = c < 64 ? 64 : (c + 15) / 16 * 16;
+        atomic_init(&j.next[i], 0);
     }
     kern_pool_run(p, matmul_worker, &j);
     tk_free(raw);

@@ -556,21 +556,11 @@ static inline __attribute__((always_inline)) __m512 pk_step(__m512 sum, __m512i 
     return _mm512_fmadd_ps(sf, dd, sum);
 }
 
-/* One token: each tile is one contiguous stream (the hardware prefetcher follows it); four
- * blocks' integer sums in flight, then their float steps in block order. */
-static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+/* Rows [lo, hi) of pk_gemv: one contiguous byte range, prefetched linearly PK_PF ahead */
+static inline __attribute__((always_inline)) void pk_gemv_rows(uint32_t type, const kern__mm *j, size_t lo, size_t hi,
+                                                               const float *dx, const float *sx, const int32_t *cx) {
     const int q41 = type == KERN_TYPE_Q4_1;
     const size_t nb = j->n_in / CH, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2, qb = PK_QB(type);
-    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
-    float dx[GV_MAX_NB], sx[GV_MAX_NB];
-    int32_t cx[GV_MAX_NB]; /* -k * sum(x): the start of each block's integer sum */
-    for (size_t b = 0; b < nb; b++) {
-        const uint8_t *xb = j->Xq + b * xbb;
-        dx[b] = h2f(xb);
-        sx[b] = q41 ? h2f(xb + 2) : 0.0f;
-        cx[b] = kc ? -kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
-    }
-    /* the thread's rows are one contiguous byte range: prefetch it linearly, PK_PF ahead */
     const uint8_t *pf = j->W + lo * j->row_bytes + PK_PF, *pf_end = j->W + hi * j->row_bytes;
     const size_t tb = 16 * (j->row_bytes / nb); /* bytes of one block of a tile */
     for (size_t o = lo; o < hi; o += GW_R) {
@@ -596,6 +586,31 @@ static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const k
             sum = pk_step(sum, pk_dot(w, j->Xq + b * xbb + xo, cx[b]), D + b * 32, M + b * 32, dx[b], sx[b], q41);
         }
         _mm512_storeu_ps(j->Y + o, sum);
+    }
+}
+
+/* One token: each tile is one contiguous stream (the hardware prefetcher follows it); four
+ * blocks' integer sums in flight, then their float steps in block order. */
+static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const kern__mm *j, size_t lo, size_t hi) {
+    const int q41 = type == KERN_TYPE_Q4_1;
+    const size_t nb = j->n_in / CH, xbb = q41 ? 36 : 34, xo = q41 ? 4 : 2;
+    const int kc = type == KERN_TYPE_Q8_0 ? 128 : type == KERN_TYPE_Q4_0 ? 8 : 0;
+    float dx[GV_MAX_NB], sx[GV_MAX_NB];
+    int32_t cx[GV_MAX_NB]; /* -k * sum(x): the start of each block's integer sum */
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *xb = j->Xq + b * xbb;
+        dx[b] = h2f(xb);
+        sx[b] = q41 ? h2f(xb + 2) : 0.0f;
+        cx[b] = kc ? -kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
+    }
+    for (size_t r0 = lo, r1 = hi;;) {
+        if (j->next) { /* dynamic chunks (kern__mm.next) */
+            r0 = atomic_fetch_add_explicit(j->next, j->chunk, memory_order_relaxed);
+            if (r0 >= hi) break;
+            r1 = r0 + j->chunk < hi ? r0 + j->chunk : hi;
+        }
+        pk_gemv_rows(type, j, r0, r1, dx, sx, cx);
+        if (!j->next) break;
     }
 }
 

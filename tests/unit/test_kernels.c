@@ -231,6 +231,26 @@ START_TEST(test_matmul_packed) {
                 }
                 free(W), free(P), free(row), free(scratch), free(x), free(Y), free(Yp);
             }
+        /* one token over many rows: threads take row chunks dynamically (kern__mm.next) */
+        for (size_t ti = 0; ti < 3; ti++) {
+            const uint32_t t = types[ti];
+            const size_t n_out = 16 * 37, n_in = 96, rb = kern_row_bytes(t, n_in);
+            uint8_t *W = malloc(rb * n_out), *P = malloc(rb * n_out), *scratch = malloc(kern_matmul_scratch_bytes(n_in, 1));
+            float x[96], *Y = malloc(n_out * sizeof(float)), *Yp = malloc(n_out * sizeof(float));
+            for (size_t o = 0; o < n_out; o++) {
+                for (size_t i = 0; i < n_in; i++) x[i] = frand();
+                ck_assert_int_eq(kern_quantize_row_ref(t, x, W + o * rb, n_in), 0);
+            }
+            for (size_t i = 0; i < n_in; i++) x[i] = frand();
+            ck_assert_int_eq(kern_pack(pool2, t, W, P, n_in, n_out), 0);
+            kern_matmul(pool1, t, W, x, Y, n_in, n_out, 1, scratch);
+            for (int rep = 0; rep < 20; rep++) {
+                memset(Yp, 0, n_out * sizeof(float));
+                kern_matmul(pool2, t | KERN_PACKED, P, x, Yp, n_in, n_out, 1, scratch);
+                ck_assert_mem_eq(Y, Yp, n_out * sizeof(float));
+            }
+            free(W), free(P), free(scratch), free(Y), free(Yp);
+        }
         printf("packed matmul %-6s ok (packed kernels: %s)\n", isa_name[isa],
                kern_pack_supported(KERN_TYPE_Q4_0, 64, 16) ? "yes" : "no, rows unpacked");
     }
