@@ -456,21 +456,10 @@ typedef struct {
     int32_t *cx; /* [16 (t nb + b) + k]: Q6_K: -32 bsums_k; K4 (k < 4): sums of 32 2k, 2k+1 as int16 pairs */
 } km_buf;
 
-/* 16 bytes at offset off of each of the 16 rows -> q[k] lane r = bytes 4k..4k+3 of row r */
-static inline __attribute__((always_inline)) void km_tr16x4(const uint8_t *const w[KM_R], size_t off, __m512i q[4]) {
-    __m512i a[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) { /* 128-bit lane l of a[i]: row 4l + i */
-        __m512i v = _mm512_castsi128_si512(ld128(w[i] + off));
-        v = _mm512_inserti32x4(v, ld128(w[4 + i] + off), 1);
-        v = _mm512_inserti32x4(v, ld128(w[8 + i] + off), 2);
-        a[i] = _mm512_inserti32x4(v, ld128(w[12 + i] + off), 3);
-    }
-    const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
-    const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
-    q[0] = _mm512_unpacklo_epi64(t0, t2), q[1] = _mm512_unpackhi_epi64(t0, t2);
-    q[2] = _mm512_unpacklo_epi64(t1, t3), q[3] = _mm512_unpackhi_epi64(t1, t3);
-}
+/* 16 bytes at offset off of each of the 16 rows -> q[k] lane r = bytes 4k..4k+3 of row r:
+ * simd_tmpl_act.h's transpose (this file is included after it) */
+_Static_assert(KM_R == GM_R, "km_tr16x4 is gm_tr16x4");
+#define km_tr16x4 gm_tr16x4
 
 /* Carves j->scratch (kern__act_scratch_bytes) and fills the per-token tables */
 static void km_prep(uint32_t type, const kern__mm *j, size_t nb, km_buf *m) {
