@@ -51,7 +51,10 @@ extern "C" int kcu_alloc(void **p, size_t bytes) {
         cudaGetLastError(); /* clear the sticky-free error so later launches do not report it */
         return kcu__fail(KCU_ERR_NOMEM, "cudaMalloc(%zu bytes): %s", bytes, cudaGetErrorString(e));
     }
-    KCU_TRY(cudaMemset(*p, 0, bytes), "cudaMemset");
+    /* zeroed before returning: a plain cudaMemset runs on the legacy default stream, which does
+     * not order against the non-blocking streams the engine uses, and could land after them */
+    KCU_TRY(cudaMemsetAsync(*p, 0, bytes, 0), "cudaMemset");
+    KCU_TRY(cudaStreamSynchronize(0), "cudaMemset");
     return 0;
 }
 
@@ -173,6 +176,7 @@ extern "C" int kcu_weight_upload(kcu_weight *w, uint32_t type, const void *host,
             kcu_weight_free(w);
             return kcu__fail(KCU_ERR_CUDA, "weight upload: %s", cudaGetErrorString(e));
         }
+        KCU_TRY(cudaDeviceSynchronize(), "weight upload"); /* as below */
         return 0;
     }
     /* repack in chunks of rows through a host buffer */
@@ -197,6 +201,9 @@ extern "C" int kcu_weight_upload(kcu_weight *w, uint32_t type, const void *host,
         }
     }
     free(buf);
+    /* cudaMemcpy from pageable memory may return before its DMA ends; later work goes to
+     * non-blocking streams that do not wait for the legacy stream */
+    KCU_TRY(cudaDeviceSynchronize(), "weight upload");
     return 0;
 }
 

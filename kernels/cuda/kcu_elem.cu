@@ -12,24 +12,44 @@ template <> __device__ __forceinline__ float kcu_cvt<float>(float v) { return v;
 template <> __device__ __forceinline__ __half kcu_cvt<__half>(float v) { return __float2half(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 kcu_cvt<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
-/* out[r][...] = row rows[r] (or row0 + r) of w; one thread per group, grid-stride. */
+/* out[r][...] = row rows[r] (or row0 + r) of w. One block per output row (grid-stride over rows),
+ * its threads over the row's groups; each group is written with 16-byte stores when its bytes
+ * allow (the quantised types, and the plain ones on aligned rows). */
 template <int TYPE, bool VEC, typename OT>
-__global__ void k_dequant(kcu__w w, const int32_t *rows, uint64_t row0, uint64_t n_rows, OT *out) {
+__global__ void __launch_bounds__(128) k_dequant(kcu__w w, const int32_t *rows, uint64_t row0, uint64_t n_rows, OT *out) {
     constexpr int GE = kcu__ge(TYPE, VEC);
-    const uint64_t groups = w.n_in / GE, n = groups * n_rows;
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
-        uint64_t r = i / groups, g = i % groups;
-        OT *o = out + r * w.n_in + g * GE;
-        int64_t src = rows ? (int64_t)rows[r] : (int64_t)(row0 + r);
-        if (src < 0 || (uint64_t)src >= w.n_out) {
+    constexpr bool VST = (GE * sizeof(OT)) % 16 == 0; /* groups start 16-aligned when the row does */
+    const uint32_t groups = (uint32_t)(w.n_in / GE);
+    const bool row_al = (w.n_in * sizeof(OT)) % 16 == 0 && ((uintptr_t)out & 15) == 0;
+    for (uint64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
+        OT *orow = out + r * w.n_in;
+        const int64_t src = rows ? (int64_t)rows[r] : (int64_t)(row0 + r);
+        const bool valid = src >= 0 && (uint64_t)src < w.n_out;
+        for (uint32_t g = threadIdx.x; g < groups; g += blockDim.x) {
+            float v[GE];
+            if (valid) {
+                kcu__decode<TYPE, VEC>(w, (uint64_t)src, g, v);
+            } else {
 #pragma unroll
-            for (int j = 0; j < GE; j++) o[j] = kcu_cvt<OT>(0.0f);
-            continue;
+                for (int j = 0; j < GE; j++) v[j] = 0.0f;
+            }
+            OT *o = orow + (size_t)g * GE;
+            if constexpr (VST) {
+                if (row_al) {
+                    union {
+                        OT h[GE];
+                        uint4 u[GE * sizeof(OT) / 16];
+                    } tmp;
+#pragma unroll
+                    for (int j = 0; j < GE; j++) tmp.h[j] = kcu_cvt<OT>(v[j]);
+#pragma unroll
+                    for (int j = 0; j < (int)(GE * sizeof(OT) / 16); j++) reinterpret_cast<uint4 *>(o)[j] = tmp.u[j];
+                    continue;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < GE; j++) o[j] = kcu_cvt<OT>(v[j]);
         }
-        float v[GE];
-        kcu__decode<TYPE, VEC>(w, (uint64_t)src, g, v);
-#pragma unroll
-        for (int j = 0; j < GE; j++) o[j] = kcu_cvt<OT>(v[j]);
     }
 }
 
@@ -38,10 +58,8 @@ static int dequant_launch(const kcu_weight *w, const int32_t *rows, uint64_t row
                           cudaStream_t st) {
     kcu__w v = kcu__view(w);
     return kcu__dispatch(w->type, w->n_in, [&]<int TYPE, bool VEC>() -> int {
-        constexpr int GE = kcu__ge(TYPE, VEC);
-        uint64_t n = w->n_in / GE * n_rows;
-        unsigned g = kcu__blocks((size_t)n, 256);
-        k_dequant<TYPE, VEC, OT><<<g > 65536 ? 65536 : g, 256, 0, st>>>(v, rows, row0, n_rows, out);
+        unsigned g = n_rows > (1u << 20) ? (1u << 20) : (unsigned)n_rows;
+        k_dequant<TYPE, VEC, OT><<<g, 128, 0, st>>>(v, rows, row0, n_rows, out);
         KCU_LAUNCHED("dequant");
         return 0;
     });

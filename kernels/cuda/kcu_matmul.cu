@@ -31,6 +31,8 @@ __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict_
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    /* unrolled so that each lane has several 16-byte weight loads in flight */
+#pragma unroll(GE <= 8 ? 4 : 2)
     for (uint64_t g = lane; g < n_groups; g += 32) {
         float v[GE];
         kcu__decode<TYPE, VEC>(w, row, g, v);

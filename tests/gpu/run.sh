@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh LOGDIR: build tokd with CUDA and run the GPU tests on the machine's GPU, each
 # under a time limit (about 8 minutes in all at worst), logs in LOGDIR, a summary table at the end.
-#   1. build (make CUDA=1, BUILD=$BUILD, default build-gpu)
+#   1. build (make CUDA=1, BUILD=$BUILD, default build-gpu); SKIP_BUILD=1 uses the binaries already in
+#      $BUILD/gpu instead (built on another machine with the same CUDA major version, for a GPU
+#      machine that lacks the Debian -dev packages; their shared libraries then go in LD_LIBRARY_PATH)
 #   2. test_cuda_kernels: every CUDA kernel against the CPU scalar reference, max rel error per case
 #   3. test_cuda_model: stories260K vs llama.cpp's greedy reference and SmolLM2 CPU vs CUDA
 #   4. test_cuda_perf: Llama-3-8B-shaped random model (bf16, Q8_0), tokens/s vs HBM and FLOP floors
 #   5. compute-sanitizer memcheck over the kernel test, when the tool exists (report only)
+# STEPS: which of kernels, model, perf, memcheck to run (default all).
 # Environment: SHARED (default ../shared, then ./shared), TOKD_MODEL (SmolLM2 Q4_1 gguf), BUILD, JOBS.
 # Never run by make test (CI has no GPU); make test only builds these binaries.
 set -u
@@ -20,6 +23,8 @@ SHARED=${SHARED:-../shared}
 MODEL=${TOKD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 export PATH="$PATH:/usr/local/cuda/bin"
 
+STEPS=" ${STEPS:-kernels model perf memcheck} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 declare -a NAMES STATUS SECS NOTES
 step() { # step NAME LIMIT_S NOTE_REGEX CMD...
     local name=$1 limit=$2 re=$3; shift 3
@@ -38,11 +43,16 @@ step() { # step NAME LIMIT_S NOTE_REGEX CMD...
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv > "$LOGDIR/gpu.txt" 2>&1 || true
-if step build 200 'error|cuda_check' make -j"$JOBS" CUDA=1 BUILD="$BUILD" SHARED="$SHARED" "$BUILD/tokd" gpu_tests; then
-    step kernels 80 'cases within|FAIL' "$BUILD/gpu/test_cuda_kernels"
-    step model 100 'test_cuda_model|FAIL' env TOKD_SHARED="$SHARED" "$BUILD/gpu/test_cuda_model" "$SHARED" "$MODEL"
-    step perf 110 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
-    if command -v compute-sanitizer >/dev/null 2>&1; then
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+    build=(bash -c 'ls -l "$0"/gpu/test_cuda_* && ldd "$0"/gpu/test_cuda_model && ! ldd "$0"/gpu/test_cuda_* | grep "not found"' "$BUILD")
+else
+    build=(make -j"$JOBS" CUDA=1 BUILD="$BUILD" SHARED="$SHARED" "$BUILD/tokd" gpu_tests)
+fi
+if step build 200 'error|cuda_check|not found' "${build[@]}"; then
+    want kernels && step kernels 80 'cases within|FAIL' "$BUILD/gpu/test_cuda_kernels"
+    want model && step model 100 'test_cuda_model|FAIL' env TOKD_SHARED="$SHARED" "$BUILD/gpu/test_cuda_model" "$SHARED" "$MODEL"
+    want perf && step perf 110 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
+    if want memcheck && command -v compute-sanitizer >/dev/null 2>&1; then
         step memcheck 60 'ERROR SUMMARY|cases within' compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
     fi
 fi

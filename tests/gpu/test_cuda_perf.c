@@ -121,6 +121,117 @@ static int bench(uint32_t wtype, const kcu_device_info *info) {
     return 0;
 }
 
+/* ---- per-kernel breakdown (device time from CUDA events) ---- */
+
+static float ev_ms(cudaEvent_t a, cudaEvent_t b) {
+    float ms = 0;
+    cudaEventSynchronize(b);
+    cudaEventElapsedTime(&ms, a, b);
+    return ms;
+}
+
+#define REPS 20
+
+/* Every matmul of one Llama-3-8B layer and the logits, alone: device time per call, GB/s. Returns
+ * the summed time of one decode step's matmuls (32 layers + logits) at n_tok tokens, ms. */
+static double matmul_breakdown(uint32_t wtype, int n_tok, const kcu_device_info *info, kcu_blas *blas) {
+    static const struct { const char *name; int n_in, n_out, per_step; } sh[] = {
+        {"q/o 4096x4096", 4096, 4096, 64}, {"k/v 4096x1024", 4096, 1024, 64}, {"gate/up 4096x14336", 4096, 14336, 64},
+        {"down 14336x4096", 14336, 4096, 32}, {"logits 4096x128256", 4096, 128256, 1}};
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    float *x, *y;
+    if (kcu_alloc((void **)&x, (size_t)n_tok * 14336 * 4) || kcu_alloc((void **)&y, (size_t)n_tok * 128256 * 4)) return -1;
+    kcu_fill_random_f32(x, (size_t)n_tok * 14336, 7, -1.0f, 1.0f, 0);
+    double step_ms = 0;
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+        kcu_weight w;
+        if (kcu_weight_alloc(&w, wtype, (uint64_t)sh[i].n_in, (uint64_t)sh[i].n_out) || kcu_weight_fill_random(&w, 3 + i, 0.02f, 0))
+            return -1;
+        kcu_matmul(blas, &w, x, y, n_tok, KCU_GEMM_HALF, 0); /* warm-up */
+        cudaEventRecord(e0, 0);
+        for (int r = 0; r < REPS; r++) kcu_matmul(blas, &w, x, y, n_tok, KCU_GEMM_HALF, 0);
+        cudaEventRecord(e1, 0);
+        double ms = ev_ms(e0, e1) / REPS;
+        step_ms += ms * sh[i].per_step;
+        printf("  matmul %-5s T=%-3d %-20s %8.1f us  %6.0f GB/s of weights (%3.0f%% of %.0f)  %6.1f TFLOP/s\n",
+               kern_type_name(wtype), n_tok, sh[i].name, ms * 1e3, w.bytes / (ms * 1e-3) / 1e9,
+               100.0 * w.bytes / (ms * 1e-3) / 1e9 / info->hbm_gbs, info->hbm_gbs,
+               2.0 * sh[i].n_in * sh[i].n_out * n_tok / (ms * 1e-3) / 1e12);
+        kcu_weight_free(&w);
+    }
+    printf("  matmuls of one decode step (T=%d): %.2f ms\n", n_tok, step_ms);
+    kcu_free(x), kcu_free(y);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return step_ms;
+}
+
+/* Decode attention of one layer (32 heads, 8 kv heads, head_dim 128) for n_seq sequences of ctx keys. */
+static void attn_breakdown(int n_seq, int ctx) {
+    const int bs = 16, hd = 128, nh = 32, nkv = 8, kv_row = nkv * hd, nblk = (ctx + bs - 1) / bs;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    void *kc, *vc;
+    float *q, *o, *scr;
+    int32_t *bt_h = malloc(sizeof(int32_t) * (size_t)nblk * n_seq), *bt;
+    kcu_attn_tile *t_h = malloc(sizeof(kcu_attn_tile) * (size_t)n_seq), *t;
+    for (int i = 0; i < nblk * n_seq; i++) bt_h[i] = i;
+    for (int s = 0; s < n_seq; s++) t_h[s] = (kcu_attn_tile){s, 1, ctx - 1, s * nblk};
+    size_t scr_n = kcu_attn_decode_scratch_floats(n_seq, nh, hd);
+    if (kcu_alloc(&kc, (size_t)nblk * n_seq * bs * kv_row * 2) || kcu_alloc(&vc, (size_t)nblk * n_seq * bs * kv_row * 2) ||
+        kcu_alloc((void **)&q, (size_t)n_seq * nh * hd * 4) || kcu_alloc((void **)&o, (size_t)n_seq * nh * hd * 4) ||
+        kcu_alloc((void **)&scr, scr_n * 4) || kcu_alloc((void **)&bt, sizeof(int32_t) * (size_t)nblk * n_seq) ||
+        kcu_alloc((void **)&t, sizeof(kcu_attn_tile) * (size_t)n_seq))
+        return;
+    kcu_h2d(bt, bt_h, sizeof(int32_t) * (size_t)nblk * n_seq, 0);
+    kcu_h2d(t, t_h, sizeof(kcu_attn_tile) * (size_t)n_seq, 0);
+    kcu_fill_random_f32(q, (size_t)n_seq * nh * hd, 5, -1.0f, 1.0f, 0);
+    kcu_attn_args a = {kc, vc, bt, nh, nkv, hd, bs, 0.088f};
+    kcu_attn_decode(o, q, &a, t, n_seq, ctx, scr, scr_n, 0);
+    cudaEventRecord(e0, 0);
+    for (int r = 0; r < REPS; r++) kcu_attn_decode(o, q, &a, t, n_seq, ctx, scr, scr_n, 0);
+    cudaEventRecord(e1, 0);
+    double ms = ev_ms(e0, e1) / REPS, bytes = 2.0 * n_seq * ctx * kv_row * 2;
+    printf("  decode attention %d seq x %5d keys: %7.1f us per layer (%5.0f GB/s of KV), %.2f ms per 32-layer step\n", n_seq,
+           ctx, ms * 1e3, bytes / (ms * 1e-3) / 1e9, ms * 32);
+    kcu_free(kc), kcu_free(vc), kcu_free(q), kcu_free(o), kcu_free(scr), kcu_free(bt), kcu_free(t);
+    free(bt_h), free(t_h);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
+
+/* Launch cost: back-to-back tiny kernels, device time per launch and host time per call. */
+static void launch_breakdown(void) {
+    float *x;
+    if (kcu_alloc((void **)&x, 1024)) return;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    kcu_add(x, x, 1, 0);
+    double t = now();
+    cudaEventRecord(e0, 0);
+    for (int r = 0; r < 1000; r++) kcu_add(x, x, 1, 0);
+    cudaEventRecord(e1, 0);
+    double host = now() - t, dev = ev_ms(e0, e1);
+    printf("  1000 tiny launches: %.2f us each on the device, %.2f us each on the host\n", dev, host * 1e3);
+    kcu_free(x);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
+
+static void breakdown(const kcu_device_info *info) {
+    kcu_blas *blas;
+    if (kcu_blas_new(&blas, 512, 14336)) return;
+    printf("\n== kernel breakdown (device time, CUDA events, mean of %d) ==\n", REPS);
+    launch_breakdown();
+    const uint32_t types[] = {KERN_TYPE_BF16, KERN_TYPE_Q8_0, KERN_TYPE_Q4_0, KERN_TYPE_Q4_K, KERN_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) matmul_breakdown(types[i], 1, info, blas);
+    matmul_breakdown(KERN_TYPE_BF16, 8, info, blas);
+    matmul_breakdown(KERN_TYPE_Q8_0, 8, info, blas);
+    matmul_breakdown(KERN_TYPE_Q8_0, 512, info, blas);
+    attn_breakdown(1, 512);
+    attn_breakdown(1, 4096);
+    attn_breakdown(8, 512);
+    kcu_blas_destroy(blas);
+}
+
 int main(int argc, char **argv) {
     kcu_device_info info;
     if (kcu_init(0, &info)) {
@@ -130,6 +241,8 @@ int main(int argc, char **argv) {
     printf("device: %s, sm_%d%d, %d SMs, %.1f GB total, peak HBM %.0f GB/s (memory clock x bus width)\n", info.name,
            info.cc_major, info.cc_minor, info.sm_count, info.total_mem / 1e9, info.hbm_gbs);
     int fails = 0;
+    if (argc < 2 || strcmp(argv[1], "breakdown") == 0) breakdown(&info);
+    if (argc > 1 && strcmp(argv[1], "breakdown") == 0) return 0;
     if (argc < 2) {
         fails += bench(KERN_TYPE_BF16, &info);
         fails += bench(KERN_TYPE_Q8_0, &info);
