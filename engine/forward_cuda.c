@@ -4,9 +4,14 @@
  * and every activation live on the device, allocated once. Per step the host sends one small
  * block of metadata (token ids, positions, KV slots, attention tiles, block tables, logits rows)
  * and gets back only the logits rows; sampling stays on the host.
- * Decode batches (<= KCU_GEMV_MAX_TOK tokens) use the GEMV kernels with f32 activations, the CPU's
- * arithmetic; longer batches use cuBLAS GEMMs, on f16/bf16 tensor cores unless
- * eng_ctx_params.cuda_f32_gemm asks for f32.
+ * Decode batches (<= KCU_GEMV_MAX_TOK tokens, or <= KCU_GEMV_BATCH_MAX with quantised weights) use
+ * the GEMV kernels with f32 activations, the CPU's arithmetic; longer batches use cuBLAS GEMMs, on
+ * f16/bf16 tensor cores unless eng_ctx_params.cuda_f32_gemm asks for f32.
+ * Decode-only steps whose matmuls are all GEMVs are captured once as a CUDA graph per (tokens,
+ * logits rows, context bucket) and replayed: a Llama-3-8B step is ~550 small launches, ~5 us each
+ * from the host, which would otherwise cost ~2.7 ms a step. The graph reads the step's metadata
+ * from the same device buffer, filled by a copy enqueued before the replay; the attention split
+ * count depends on the context only through its bucket (the next power of two >= 256).
  * Compiled only with TOKD_CUDA (the Makefile defines it when nvcc is found). */
 #include "engine/forward_cuda.h"
 
@@ -27,6 +32,14 @@ typedef struct {
     kcu_weight w_gate, w_up, w_down;    /* (n_embd -> n_ff) x2, (n_ff -> n_embd) */
 } cu_layer;
 
+#define N_GRAPHS 16 /* cached decode graphs, least recently used replaced */
+
+typedef struct {
+    int T, n_rows, keys; /* key: tokens, logits rows, context bucket */
+    cudaGraphExec_t exec;
+    uint64_t used;       /* step number of the last replay */
+} cu_graph;
+
 struct eng_cuda {
     eng_hparams hp;
     eng_traits tr;
@@ -42,13 +55,15 @@ struct eng_cuda {
     size_t kv_row, n_slots;
     void **k_cache, **v_cache; /* (n_layer) -> (n_slots, kv_row) f16 */
     /* activations, (max_tokens, width) each, as in forward.c */
-    float *x, *xn, *q, *k, *v, *attn, *gate, *up, *tmp;
+    float *x, *xn, *q, *k, *v, *attn, *gate, *up;
     float *logits;         /* (max_logits, n_vocab) */
     float *split;          /* decode attention partials */
     size_t split_floats;
     /* step metadata: pinned host copy and device copy, same layout (int32 offsets below) */
     int32_t *h_meta, *d_meta;
     size_t off_pos, off_slot, off_rows, off_dec, off_pre, off_bt, bt_cap, meta_ints;
+    cu_graph graphs[N_GRAPHS];
+    uint64_t n_steps, n_replays;
 };
 
 static int fail(int rc, char *err, size_t errlen, const char *what) {
@@ -99,7 +114,7 @@ static int alloc_state(eng_cuda *g, char *err, size_t errlen) {
     }
     CK(alloc_f32(g, &g->x, T * E) || alloc_f32(g, &g->xn, T * wide) || alloc_f32(g, &g->q, T * q_dim) ||
            alloc_f32(g, &g->k, T * g->kv_row) || alloc_f32(g, &g->v, T * g->kv_row) || alloc_f32(g, &g->attn, T * q_dim) ||
-           alloc_f32(g, &g->gate, T * hp->n_ff) || alloc_f32(g, &g->up, T * hp->n_ff) || alloc_f32(g, &g->tmp, T * E) ||
+           alloc_f32(g, &g->gate, T * hp->n_ff) || alloc_f32(g, &g->up, T * hp->n_ff) ||
            alloc_f32(g, &g->logits, R * hp->n_vocab),
        "activations");
     size_t split_tok = T < 64 ? T : 64;
@@ -264,10 +279,12 @@ void eng__cuda_destroy(eng_cuda *g) {
     for (uint32_t l = 0; g->v_cache && l < g->hp.n_layer; l++) kcu_free(g->v_cache[l]);
     tk_free(g->k_cache);
     tk_free(g->v_cache);
-    float *bufs[] = {g->x, g->xn, g->q, g->k, g->v, g->attn, g->gate, g->up, g->tmp, g->logits, g->split};
+    float *bufs[] = {g->x, g->xn, g->q, g->k, g->v, g->attn, g->gate, g->up, g->logits, g->split};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kcu_free(bufs[i]);
     kcu_host_free(g->h_meta);
     kcu_free(g->d_meta);
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (g->graphs[i].exec) cudaGraphExecDestroy(g->graphs[i].exec);
     kcu_blas_destroy(g->blas);
     if (g->st) cudaStreamDestroy(g->st);
     tk_free(g);
@@ -275,6 +292,7 @@ void eng__cuda_destroy(eng_cuda *g) {
 
 size_t eng__cuda_weight_bytes(const eng_cuda *g) { return g->weight_bytes; }
 size_t eng__cuda_total_bytes(const eng_cuda *g) { return g->total_bytes; }
+uint64_t eng__cuda_graph_replays(const eng_cuda *g) { return g->n_replays; }
 
 int eng__cuda_kv_copy_block(eng_cuda *g, int32_t src, int32_t dst, char *err, size_t errlen) {
     size_t blk = (size_t)g->p.block_size * g->kv_row * 2; /* bytes per block */
@@ -340,6 +358,11 @@ static int mm(eng_cuda *g, const kcu_weight *w, const float *x, float *y, int T)
     return kcu_matmul(g->blas, w, x, y, T, g->p.cuda_f32_gemm ? KCU_GEMM_F32 : KCU_GEMM_HALF, g->st);
 }
 
+/* y += x W^T: the residual adds, fused into the matmul */
+static int mm_add(eng_cuda *g, const kcu_weight *w, const float *x, float *y, int T) {
+    return kcu_matmul_add(g->blas, w, x, y, T, g->p.cuda_f32_gemm ? KCU_GEMM_F32 : KCU_GEMM_HALF, g->st);
+}
+
 static int layer_forward(eng_cuda *g, uint32_t il, int T, const step_meta *sm, char *err, size_t errlen) {
     const eng_hparams *hp = &g->hp;
     const cu_layer *ly = &g->layers[il];
@@ -363,21 +386,89 @@ static int layer_forward(eng_cuda *g, uint32_t il, int T, const step_meta *sm, c
         CK(kcu_attn_decode(g->attn, g->q, &a, sm->dec, sm->n_dec, sm->max_keys, g->split, g->split_floats, g->st),
            "decode attention");
     if (sm->n_pre) CK(kcu_attn_prefill(g->attn, g->q, &a, sm->pre, sm->n_pre, g->st), "prefill attention");
-    CK(mm(g, &ly->wo, g->attn, g->tmp, T), "wo");
-    CK(kcu_add(g->x, g->tmp, (size_t)T * E, g->st), "residual");
+    CK(mm_add(g, &ly->wo, g->attn, g->x, T), "wo");
     /* feed-forward block (SwiGLU) */
     CK(kcu_rmsnorm(g->xn, g->x, ly->ffn_norm, NULL, T, E, hp->rms_eps, g->st), "ffn norm");
     CK(mm(g, &ly->w_gate, g->xn, g->gate, T), "w_gate");
     CK(mm(g, &ly->w_up, g->xn, g->up, T), "w_up");
     CK(kcu_swiglu(g->gate, g->gate, g->up, (size_t)T * hp->n_ff, g->st), "swiglu");
-    CK(mm(g, &ly->w_down, g->gate, g->tmp, T), "w_down");
-    CK(kcu_add(g->x, g->tmp, (size_t)T * E, g->st), "residual");
+    CK(mm_add(g, &ly->w_down, g->gate, g->x, T), "w_down");
+    return 0;
+}
+
+/* The step's kernels, enqueued on g->st (or captured into a graph): embedding, layers, the
+ * logits rows' norm and matmul into g->logits. */
+static int step_body(eng_cuda *g, int T, const step_meta *sm, int n_rows, char *err, size_t errlen) {
+    const int E = (int)g->hp.n_embd;
+    int rc;
+    CK(kcu_embed(g->x, &g->tok_embd, sm->tok, T, g->st), "embedding");
+    for (uint32_t il = 0; il < g->hp.n_layer; il++)
+        if ((rc = layer_forward(g, il, T, sm, err, errlen))) return rc;
+    if (n_rows > 0) {
+        CK(kcu_rmsnorm(g->xn, g->x, g->out_norm, sm->rows, n_rows, E, g->hp.rms_eps, g->st), "output norm");
+        CK(mm(g, &g->output, g->xn, g->logits, n_rows), "logits");
+    }
+    return 0;
+}
+
+/* Whether a step of T tokens can be replayed from a graph: decode only, no cuBLAS call. */
+static bool graph_ok(const eng_cuda *g, const step_meta *sm, int T) {
+    if (g->p.cuda_no_graphs || sm->n_pre || T > KCU_GEMV_BATCH_MAX) return false;
+    if (!kcu_matmul_is_gemv(&g->output, T)) return false;
+    for (uint32_t l = 0; l < g->hp.n_layer; l++) {
+        const cu_layer *y = &g->layers[l];
+        const kcu_weight *ws[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w_gate, &y->w_up, &y->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (!kcu_matmul_is_gemv(ws[i], T)) return false;
+    }
+    return true;
+}
+
+/* Replays (capturing first if needed) the graph of this decode step's shape. */
+static int graph_step(eng_cuda *g, int T, step_meta *sm, int n_rows, char *err, size_t errlen) {
+    int keys = 256;
+    while (keys < sm->max_keys) keys *= 2;
+    sm->max_keys = keys; /* the split count then depends on the bucket only */
+    cu_graph *slot = NULL, *lru = &g->graphs[0];
+    for (int i = 0; i < N_GRAPHS && !slot; i++) {
+        cu_graph *c = &g->graphs[i];
+        if (c->exec && c->T == T && c->n_rows == n_rows && c->keys == keys) slot = c;
+        else if (!c->exec || (lru->exec && c->used < lru->used)) lru = c;
+    }
+    if (!slot) {
+        if (lru->exec) cudaGraphExecDestroy(lru->exec), lru->exec = NULL;
+        if (cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+            snprintf(err, errlen, "cuda: graph capture: %s", cudaGetErrorString(cudaGetLastError()));
+            return ENG_ERR_DEVICE;
+        }
+        int rc = step_body(g, T, sm, n_rows, err, errlen);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(g->st, &graph);
+        if (!rc && e == cudaSuccess) e = cudaGraphInstantiate(&lru->exec, graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (rc) return rc;
+        if (e != cudaSuccess) {
+            lru->exec = NULL;
+            cudaGetLastError();
+            snprintf(err, errlen, "cuda: graph capture: %s", cudaGetErrorString(e));
+            return ENG_ERR_DEVICE;
+        }
+        lru->T = T, lru->n_rows = n_rows, lru->keys = keys;
+        slot = lru;
+    }
+    slot->used = ++g->n_steps;
+    g->n_replays++;
+    cudaError_t e = cudaGraphLaunch(slot->exec, g->st);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cuda: graph launch: %s", cudaGetErrorString(e));
+        return ENG_ERR_DEVICE;
+    }
     return 0;
 }
 
 int eng__cuda_forward(eng_cuda *g, const eng_batch *b, const int32_t *logit_rows, int n_rows, float *logits, char *err,
                       size_t errlen) {
-    const int T = b->n_tokens, E = (int)g->hp.n_embd;
+    const int T = b->n_tokens;
     if (T <= 0 || T > g->p.max_tokens || n_rows < 0 || n_rows > g->p.max_logits || n_rows > T) {
         snprintf(err, errlen, "cuda: batch of %d tokens, %d logits rows (limits %d, %d)", T, n_rows, g->p.max_tokens,
                  g->p.max_logits);
@@ -386,14 +477,10 @@ int eng__cuda_forward(eng_cuda *g, const eng_batch *b, const int32_t *logit_rows
     step_meta sm;
     int rc = meta_send(g, b, logit_rows, n_rows, &sm, err, errlen);
     if (rc) return rc;
-    CK(kcu_embed(g->x, &g->tok_embd, sm.tok, T, g->st), "embedding");
-    for (uint32_t il = 0; il < g->hp.n_layer; il++)
-        if ((rc = layer_forward(g, il, T, &sm, err, errlen))) return rc;
-    if (n_rows > 0) {
-        CK(kcu_rmsnorm(g->xn, g->x, g->out_norm, sm.rows, n_rows, E, g->hp.rms_eps, g->st), "output norm");
-        CK(mm(g, &g->output, g->xn, g->logits, n_rows), "logits");
+    rc = graph_ok(g, &sm, T) ? graph_step(g, T, &sm, n_rows, err, errlen) : step_body(g, T, &sm, n_rows, err, errlen);
+    if (rc) return rc;
+    if (n_rows > 0)
         CK(kcu_d2h(logits, g->logits, (size_t)n_rows * g->hp.n_vocab * sizeof(float), g->st), "logits");
-    }
     CK(kcu_sync(g->st), "step");
     return n_rows;
 }

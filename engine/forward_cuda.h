@@ -27,5 +27,7 @@ int eng__cuda_kv_copy_block(eng_cuda *g, int32_t src, int32_t dst, char *err, si
 /* Device bytes of the weights, and of everything (weights + KV + activations + scratch). */
 size_t eng__cuda_weight_bytes(const eng_cuda *g);
 size_t eng__cuda_total_bytes(const eng_cuda *g);
+/* Steps replayed from a captured CUDA graph so far. */
+uint64_t eng__cuda_graph_replays(const eng_cuda *g);
 
 #endif

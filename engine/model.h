@@ -96,6 +96,8 @@ typedef struct {
                             built without CUDA) */
     bool cuda_f32_gemm;  /* cuda: prefill GEMMs in f32 (the CPU's arithmetic, slower) instead of
                             f16/bf16 tensor cores with f32 accumulation */
+    bool cuda_no_graphs; /* cuda: launch decode steps kernel by kernel instead of replaying a
+                            captured CUDA graph (same results; for tests and measurements) */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

@@ -85,6 +85,14 @@ __device__ __forceinline__ float kcu__bf2f(uint32_t h) { return __uint_as_float(
 __device__ __forceinline__ uint32_t kcu__byte(const uint32_t *u, int i) { return (u[i >> 2] >> (8 * (i & 3))) & 0xffu; }
 __device__ __forceinline__ uint32_t kcu__rd16(const uint8_t *p) { return *(const uint16_t *)p; } /* p 2-aligned */
 
+/* Small unsigned ints to float without I2F (a quarter-rate instruction): the int is placed in
+ * the mantissa of 2^23 and 2^23 + off subtracted, which is exact for values below 2^23, so the
+ * result is bitwise (float)(v - off). kcu__bytef takes byte i of u (one PRMT). */
+__device__ __forceinline__ float kcu__u2f(uint32_t v, float off) { return __uint_as_float(0x4B000000u | v) - (8388608.0f + off); }
+__device__ __forceinline__ float kcu__bytef(uint32_t u, int i, float off) {
+    return __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650u | (uint32_t)i)) - (8388608.0f + off);
+}
+
 __device__ __forceinline__ void kcu__ld16(const uint8_t *p, uint32_t *u) { /* p 16-aligned */
     uint4 a = *(const uint4 *)p;
     u[0] = a.x, u[1] = a.y, u[2] = a.z, u[3] = a.w;
@@ -130,7 +138,11 @@ __device__ __forceinline__ void kcu__decode(const kcu__w &w, uint64_t row, uint6
         kcu__ld16(rq + g * 16, u);
         float d = kcu__h2f(reinterpret_cast<const uint16_t *>(w.s)[row * (w.n_in / 32) + g / 2]);
 #pragma unroll
-        for (int i = 0; i < 16; i++) v[i] = (float)(int8_t)kcu__byte(u, i) * d;
+        for (int k = 0; k < 4; k++) { /* byte b of the quants is q + 128 after flipping its top bit */
+            const uint32_t uk = u[k] ^ 0x80808080u;
+#pragma unroll
+            for (int b = 0; b < 4; b++) v[4 * k + b] = kcu__bytef(uk, b, 128.0f) * d;
+        }
     } else if constexpr (TYPE == KERN_TYPE_Q4_0 || TYPE == KERN_TYPE_Q4_1) {
         uint32_t u[4];
         kcu__ld16(rq + g * 16, u);
@@ -142,14 +154,17 @@ __device__ __forceinline__ void kcu__decode(const kcu__w &w, uint64_t row, uint6
             d = kcu__h2f(dm), m = kcu__h2f(dm >> 16);
         }
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            uint32_t b = kcu__byte(u, i);
-            if constexpr (TYPE == KERN_TYPE_Q4_0) {
-                v[i] = (float)((int)(b & 15) - 8) * d;
-                v[i + 16] = (float)((int)(b >> 4) - 8) * d;
-            } else {
-                v[i] = (float)(b & 15) * d + m;
-                v[i + 16] = (float)(b >> 4) * d + m;
+        for (int k = 0; k < 4; k++) {
+            const uint32_t lo = u[k] & 0x0f0f0f0fu, hi = (u[k] >> 4) & 0x0f0f0f0fu;
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                if constexpr (TYPE == KERN_TYPE_Q4_0) {
+                    v[4 * k + b] = kcu__bytef(lo, b, 8.0f) * d;
+                    v[4 * k + b + 16] = kcu__bytef(hi, b, 8.0f) * d;
+                } else {
+                    v[4 * k + b] = kcu__bytef(lo, b, 0.0f) * d + m;
+                    v[4 * k + b + 16] = kcu__bytef(hi, b, 0.0f) * d + m;
+                }
             }
         }
     } else if constexpr (TYPE == KERN_TYPE_Q4_K || TYPE == KERN_TYPE_Q5_K) {
@@ -169,22 +184,26 @@ __device__ __forceinline__ void kcu__decode(const kcu__w &w, uint64_t row, uint6
         }
         const int shift = 4 * (j & 1);
 #pragma unroll
-        for (int l = 0; l < 32; l++) {
-            int val = (int)((kcu__byte(q, l) >> shift) & 15);
-            if constexpr (TYPE == KERN_TYPE_Q5_K) val |= (int)((kcu__byte(h, l) >> j) & 1) << 4;
-            v[l] = d1 * (float)val - m1;
+        for (int k = 0; k < 8; k++) {
+            uint32_t val = (q[k] >> shift) & 0x0f0f0f0fu;
+            if constexpr (TYPE == KERN_TYPE_Q5_K) val |= ((h[k] >> j) & 0x01010101u) << 4;
+#pragma unroll
+            for (int b = 0; b < 4; b++) v[4 * k + b] = d1 * kcu__bytef(val, b, 0.0f) - m1;
         }
     } else if constexpr (TYPE == KERN_TYPE_Q6_K) {
         const uint8_t *blk = rq + (g / 8) * 210;
         const int sg = (int)(g % 8), hh = sg / 4, k = sg % 4;
-        const uint8_t *ql = blk + 64 * hh + 32 * (k & 1), *qh = blk + 128 + 32 * hh;
+        /* blocks are 210 bytes: 2-byte aligned, so the quants are read 2 bytes at a time */
+        const uint16_t *ql = reinterpret_cast<const uint16_t *>(blk + 64 * hh + 32 * (k & 1));
+        const uint16_t *qh = reinterpret_cast<const uint16_t *>(blk + 128 + 32 * hh);
         const int8_t *sc = reinterpret_cast<const int8_t *>(blk + 192);
         float d = kcu__h2f(kcu__rd16(blk + 208));
         float s0 = d * (float)sc[2 * sg], s1 = d * (float)sc[2 * sg + 1];
 #pragma unroll
-        for (int l = 0; l < 32; l++) {
-            int lo = (ql[l] >> (4 * (k >> 1))) & 15, hi = (qh[l] >> (2 * k)) & 3;
-            v[l] = (l < 16 ? s0 : s1) * (float)((lo | (hi << 4)) - 32);
+        for (int l2 = 0; l2 < 16; l2++) {
+            uint32_t val = ((uint32_t)(ql[l2] >> (4 * (k >> 1))) & 0x0f0fu) | ((((uint32_t)qh[l2] >> (2 * k)) & 0x0303u) << 4);
+            v[2 * l2] = (l2 < 8 ? s0 : s1) * kcu__bytef(val, 0, 32.0f);
+            v[2 * l2 + 1] = (l2 < 8 ? s0 : s1) * kcu__bytef(val, 1, 32.0f);
         }
     }
 }

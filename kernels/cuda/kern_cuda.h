@@ -24,9 +24,12 @@
  *         Q4_K (144 B) and Q5_K (176 B) blocks are 16-byte aligned; Q6_K (210 B) is read bytewise.
  *
  * Matmul (kcu_matmul): Y(T, n_out) = X(T, n_in) W^T.
- *  - T <= KCU_GEMV_MAX_TOK (decode): a GEMV kernel, one warp per output row, weights read once
- *    for all T tokens with 16-byte loads, dequantised in registers, f32 activations and f32 sums,
- *    warp-shuffle reduction. Same arithmetic as the CPU's exact path up to summation order.
+ *  - T <= KCU_GEMV_MAX_TOK (decode): a GEMV kernel, one block per 2 or 4 output rows, weights
+ *    read once for all T tokens with 16-byte loads, dequantised in registers, f32 activations and
+ *    f32 sums. Same arithmetic as the CPU's exact path up to summation order. Quantised weights
+ *    take it up to KCU_GEMV_BATCH_MAX tokens too, KCU_GEMV_MAX_TOK at a time: re-reading them a
+ *    few times costs less than dequantising the matrix for a GEMM (and decode batches keep the
+ *    f32 arithmetic).
  *  - larger T (prefill): cuBLAS. Weights are dequantised ON THE FLY, a tile of rows at a time
  *    (at most KCU_GEMM_TILE_BYTES), into a scratch buffer, then multiplied with cublasGemmEx:
  *    KCU_GEMM_HALF converts X to f16 (bf16 for BF16 weights) and runs on tensor cores with f32
@@ -136,6 +139,7 @@ int kcu_kv_store(void *k_cache_d, void *v_cache_d, const float *k_d, const float
 
 /* ---- matmul ---- */
 #define KCU_GEMV_MAX_TOK 8
+#define KCU_GEMV_BATCH_MAX 32
 #define KCU_GEMM_TILE_BYTES ((size_t)64 << 20)
 enum { KCU_GEMM_HALF = 0, KCU_GEMM_F32 = 1 };
 
@@ -144,11 +148,20 @@ typedef struct kcu_blas kcu_blas;
 int kcu_blas_new(kcu_blas **out, size_t max_tok, size_t max_in);
 void kcu_blas_destroy(kcu_blas *b);
 size_t kcu_blas_bytes(const kcu_blas *b);
+/* Bytes of dequantised rows per GEMM call (1 MiB .. KCU_GEMM_TILE_BYTES, the default); smaller
+ * tiles can stay in L2 between the dequantisation and the GEMM (a measurement knob). */
+void kcu_blas_set_tile(kcu_blas *b, size_t bytes);
 
 /* Y(n_tok, n_out) = X(n_tok, n_in) W^T; X and Y 16-byte aligned; n_tok <= the blas max_tok
  * when the GEMM path is taken. */
 int kcu_matmul(kcu_blas *b, const kcu_weight *w, const float *X_d, float *Y_d, int n_tok, int gemm_mode,
                cudaStream_t st);
+/* Y += X W^T (the residual add fused into the matmul: the GEMV adds its sum to Y, the GEMM runs
+ * with beta = 1). */
+int kcu_matmul_add(kcu_blas *b, const kcu_weight *w, const float *X_d, float *Y_d, int n_tok, int gemm_mode,
+                   cudaStream_t st);
+/* True when kcu_matmul of n_tok tokens takes the GEMV path (no cuBLAS call). */
+bool kcu_matmul_is_gemv(const kcu_weight *w, int n_tok);
 /* The two paths on their own (tests): GEMV for n_tok <= KCU_GEMV_MAX_TOK, GEMM for any n_tok. */
 int kcu_gemv(const kcu_weight *w, const float *X_d, float *Y_d, int n_tok, cudaStream_t st);
 int kcu_gemm(kcu_blas *b, const kcu_weight *w, const float *X_d, float *Y_d, int n_tok, int gemm_mode,

@@ -8,7 +8,8 @@
 #   3. test_cuda_model: stories260K vs llama.cpp's greedy reference and SmolLM2 CPU vs CUDA
 #   4. test_cuda_perf: Llama-3-8B-shaped random model (bf16, Q8_0), tokens/s vs HBM and FLOP floors
 #   5. compute-sanitizer memcheck over the kernel test, when the tool exists (report only)
-# STEPS: which of kernels, model, perf, memcheck to run (default all).
+#   6. serve_check.sh: tokd generate/serve --device cuda on SmolLM2 against the CPU, and a load test
+# STEPS: which of kernels, model, perf, memcheck, serve to run (default all).
 # Environment: SHARED (default ../shared, then ./shared), TOKD_MODEL (SmolLM2 Q4_1 gguf), BUILD, JOBS.
 # Never run by make test (CI has no GPU); make test only builds these binaries.
 set -u
@@ -23,7 +24,7 @@ SHARED=${SHARED:-../shared}
 MODEL=${TOKD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 export PATH="$PATH:/usr/local/cuda/bin"
 
-STEPS=" ${STEPS:-kernels model perf memcheck} "
+STEPS=" ${STEPS:-kernels model perf memcheck serve} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 declare -a NAMES STATUS SECS NOTES
 step() { # step NAME LIMIT_S NOTE_REGEX CMD...
@@ -44,7 +45,7 @@ step() { # step NAME LIMIT_S NOTE_REGEX CMD...
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv > "$LOGDIR/gpu.txt" 2>&1 || true
 if [ "${SKIP_BUILD:-0}" = 1 ]; then
-    build=(bash -c 'ls -l "$0"/gpu/test_cuda_* && ldd "$0"/gpu/test_cuda_model && ! ldd "$0"/gpu/test_cuda_* | grep "not found"' "$BUILD")
+    build=(bash -c 'ls -l "$0"/tokd "$0"/gpu/test_cuda_* && ldd "$0"/tokd && ! ldd "$0"/tokd "$0"/gpu/test_cuda_* | grep "not found"' "$BUILD")
 else
     build=(make -j"$JOBS" CUDA=1 BUILD="$BUILD" SHARED="$SHARED" "$BUILD/tokd" gpu_tests)
 fi
@@ -54,6 +55,9 @@ if step build 200 'error|cuda_check|not found' "${build[@]}"; then
     want perf && step perf 110 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
     if want memcheck && command -v compute-sanitizer >/dev/null 2>&1; then
         step memcheck 60 'ERROR SUMMARY|cases within' compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
+    fi
+    if want serve && [ -f "$MODEL" ]; then
+        step serve 150 'PASS|FAIL|output tok/s|TTFT' tests/gpu/serve_check.sh "$BUILD/tokd" "$MODEL" "$LOGDIR"
     fi
 fi
 

@@ -147,6 +147,17 @@ static void test_weights(kcu_blas *blas) {
                     /* f16 operands: ~2^-11 per product; bf16 (BF16 weights): 2^-8 */
                     report("gemm half", shape, yg, y, T * n_out, type == KERN_TYPE_BF16 ? 2e-2 : 4e-3);
                 }
+                if (T == 3 || T == 33) { /* Y += X W^T on the GEMV (T 3) and GEMM (T 33 dense, chunked quantised) paths */
+                    float *y0 = malloc(T * n_out * sizeof(float));
+                    fill(y0, (size_t)T * n_out, 1.0f);
+                    CHECK(kcu_h2d(y_d, y0, T * n_out * sizeof(float), 0));
+                    CHECK(kcu_matmul_add(blas, &w, x_d, y_d, T, KCU_GEMM_F32, 0));
+                    to_host(yg, y_d, T * n_out * sizeof(float));
+                    for (size_t i = 0; i < (size_t)T * n_out; i++) y0[i] += y[i];
+                    snprintf(shape, sizeof shape, "%s %zux%zu T=%d", kern_type_name(type), n_in, n_out, T);
+                    report("matmul_add f32", shape, yg, y0, T * n_out, 2e-5);
+                    free(y0);
+                }
                 kcu_free(x_d);
                 kcu_free(y_d);
                 free(x), free(y), free(yg);

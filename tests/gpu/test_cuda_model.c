@@ -22,10 +22,13 @@ enum { BS = 16 };
 
 static int n_fail;
 
+static bool no_graphs; /* contexts made by new_ctx launch kernel by kernel */
+
 static eng_ctx *new_ctx(const eng_model *m, int device, bool f32_gemm, int max_tokens) {
     eng_ctx_params p;
     eng_ctx_params_default(&p);
     p.device = device;
+    p.cuda_no_graphs = no_graphs;
     p.cuda_f32_gemm = f32_gemm;
     p.max_tokens = max_tokens;
     p.max_ctx = MAX_SEQ;
@@ -212,6 +215,28 @@ static void stories(const char *shared) {
     n_fail += bad;
     free(logits);
     eng_ctx_destroy(gpu);
+    /* decode steps replayed from CUDA graphs == launched kernel by kernel, bit for bit */
+    {
+        eng_ctx *with = new_ctx(m, 1, false, 64);
+        no_graphs = true;
+        eng_ctx *without = new_ctx(m, 1, false, 64);
+        no_graphs = false;
+        int same = 0;
+        float *la = malloc((size_t)32 * V * sizeof(float)), *lb = malloc((size_t)32 * V * sizeof(float));
+        for (int s = 0; s < ns; s++) {
+            int32_t a[32], b2[32];
+            float ga[32], gb[32];
+            greedy(with, m, prompts[s], n_prompt[s], 32, 64, a, ga, la);
+            greedy(without, m, prompts[s], n_prompt[s], 32, 64, b2, gb, lb);
+            same += memcmp(la, lb, (size_t)32 * V * sizeof(float)) == 0;
+        }
+        printf("%-4s stories260K cuda graphs vs kernel by kernel: %d/%d prompts with bitwise equal logits\n",
+               same == ns ? "ok" : "FAIL", same, ns);
+        n_fail += same != ns;
+        free(la), free(lb);
+        eng_ctx_destroy(with);
+        eng_ctx_destroy(without);
+    }
     /* CPU vs CUDA logits on the first prompt */
     eng_ctx *cpu = new_ctx(m, 0, false, 64);
     gpu = new_ctx(m, 1, true, 64);

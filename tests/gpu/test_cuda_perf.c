@@ -31,13 +31,14 @@ static int run(eng_cuda *g, const eng_batch *b, float *logits, int want) {
     return rc;
 }
 
-static int bench(uint32_t wtype, const kcu_device_info *info) {
+static int bench(uint32_t wtype, const kcu_device_info *info, bool no_graphs) {
     eng_hparams hp = {.n_vocab = 128256, .n_embd = 4096, .n_layer = 32, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
                       .n_ff = 14336, .n_rot = 128, .n_ctx_train = 8192, .rope_freq_base = 500000.0f, .rms_eps = 1e-5f};
     eng_traits tr = {.arch = ENG_ARCH_LLAMA, .arch_name = "llama"};
     eng_ctx_params p;
     eng_ctx_params_default(&p);
     p.device = 1;
+    p.cuda_no_graphs = no_graphs;
     p.max_tokens = PREFILL;
     p.max_logits = NSEQ;
     p.max_ctx = MAX_CTX;
@@ -91,6 +92,13 @@ static int bench(uint32_t wtype, const kcu_device_info *info) {
         rc = run(g, &db, logits, NSEQ);
         if (i > 0) t_decn += now() - t;
     }
+    uint64_t replays = eng__cuda_graph_replays(g);
+    printf("decode steps replayed from CUDA graphs: %llu\n", (unsigned long long)replays);
+    if (rc >= 0 && (no_graphs ? replays != 0 : replays < 2 * (DECODE_STEPS - 1))) {
+        fprintf(stderr, "FAIL %s: %llu graph replays with graphs %s\n", kern_type_name(wtype), (unsigned long long)replays,
+                no_graphs ? "off" : "on");
+        rc = -1;
+    }
     if (rc < 0) {
         fprintf(stderr, "FAIL %s: forward failed\n", kern_type_name(wtype));
         eng__cuda_destroy(g);
@@ -104,7 +112,8 @@ static int bench(uint32_t wtype, const kcu_device_info *info) {
     double peak = info->cc_major >= 9 ? 989e12 : 312e12;
     double floor_dev = (double)wb / (info->hbm_gbs * 1e9), floor_spec = (double)wb / 3.35e12;
     double dec1 = (DECODE_STEPS - 1) / t_dec1, decn = NSEQ * (DECODE_STEPS - 1) / t_decn;
-    printf("\n== Llama-3-8B shape, %s weights (random, generated on the GPU in %.1f s) ==\n", kern_type_name(wtype), t_init);
+    printf("\n== Llama-3-8B shape, %s weights (random, generated on the GPU in %.1f s)%s ==\n", kern_type_name(wtype), t_init,
+           no_graphs ? ", decode WITHOUT CUDA graphs" : "");
     printf("weights read per step %.2f GB; device memory in use %.2f GB\n", wb / 1e9, eng__cuda_total_bytes(g) / 1e9);
     printf("prefill %d tokens   : %8.1f tok/s  (%.1f ms)   FLOP floor %.1f ms = %.0f tok/s at %.0f TFLOP/s -> %.0f%% of peak\n",
            PREFILL, PREFILL / best_pre, best_pre * 1e3, pre_flops / peak * 1e3, PREFILL / (pre_flops / peak), peak / 1e12,
@@ -113,8 +122,8 @@ static int bench(uint32_t wtype, const kcu_device_info *info) {
            dec1, 1e3 / dec1, floor_dev * 1e3, info->hbm_gbs, floor_spec * 1e3, 100.0 * floor_dev * dec1);
     printf("decode batch %d      : %8.1f tok/s  (%.2f ms/step)  same floor per step -> %.0f%% of device BW\n", NSEQ, decn,
            1e3 * NSEQ / decn, 100.0 * floor_dev * decn / NSEQ);
-    printf("PERF %s prefill_tok_s=%.1f decode1_tok_s=%.1f decode%d_tok_s=%.1f bw_frac=%.2f\n", kern_type_name(wtype),
-           PREFILL / best_pre, dec1, NSEQ, decn, floor_dev * dec1);
+    printf("PERF %s%s prefill_tok_s=%.1f decode1_tok_s=%.1f decode%d_tok_s=%.1f bw_frac=%.2f\n", kern_type_name(wtype),
+           no_graphs ? "-nographs" : "", PREFILL / best_pre, dec1, NSEQ, decn, floor_dev * dec1);
     free(toks);
     free(logits);
     eng__cuda_destroy(g);
@@ -199,6 +208,38 @@ static void attn_breakdown(int n_seq, int ctx) {
     cudaEventDestroy(e0), cudaEventDestroy(e1);
 }
 
+/* Prefill attention of one layer: one sequence of n tokens from position 0, tiles of KCU_ATTN_QT. */
+static void attn_prefill_breakdown(int n) {
+    const int bs = 16, hd = 128, nh = 32, nkv = 8, kv_row = nkv * hd, nblk = (n + bs - 1) / bs, nt = (n + KCU_ATTN_QT - 1) / KCU_ATTN_QT;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    void *kc, *vc;
+    float *q, *o;
+    int32_t *bt_h = malloc(sizeof(int32_t) * (size_t)nblk), *bt;
+    kcu_attn_tile *t_h = malloc(sizeof(kcu_attn_tile) * (size_t)nt), *t;
+    for (int i = 0; i < nblk; i++) bt_h[i] = i;
+    for (int i = 0; i < nt; i++)
+        t_h[i] = (kcu_attn_tile){i * KCU_ATTN_QT, n - i * KCU_ATTN_QT < KCU_ATTN_QT ? n - i * KCU_ATTN_QT : KCU_ATTN_QT, i * KCU_ATTN_QT, 0};
+    if (kcu_alloc(&kc, (size_t)nblk * bs * kv_row * 2) || kcu_alloc(&vc, (size_t)nblk * bs * kv_row * 2) ||
+        kcu_alloc((void **)&q, (size_t)n * nh * hd * 4) || kcu_alloc((void **)&o, (size_t)n * nh * hd * 4) ||
+        kcu_alloc((void **)&bt, sizeof(int32_t) * (size_t)nblk) || kcu_alloc((void **)&t, sizeof(kcu_attn_tile) * (size_t)nt))
+        return;
+    kcu_h2d(bt, bt_h, sizeof(int32_t) * (size_t)nblk, 0);
+    kcu_h2d(t, t_h, sizeof(kcu_attn_tile) * (size_t)nt, 0);
+    kcu_fill_random_f32(q, (size_t)n * nh * hd, 5, -1.0f, 1.0f, 0);
+    kcu_attn_args a = {kc, vc, bt, nh, nkv, hd, bs, 0.088f};
+    kcu_attn_prefill(o, q, &a, t, nt, 0);
+    cudaEventRecord(e0, 0);
+    for (int r = 0; r < REPS; r++) kcu_attn_prefill(o, q, &a, t, nt, 0);
+    cudaEventRecord(e1, 0);
+    double ms = ev_ms(e0, e1) / REPS, flops = 4.0 * nh * hd * (double)n * n / 2;
+    printf("  prefill attention 1 seq x %d tokens: %7.1f us per layer (%.1f TFLOP/s), %.2f ms per 32 layers\n", n, ms * 1e3,
+           flops / (ms * 1e-3) / 1e12, ms * 32);
+    kcu_free(kc), kcu_free(vc), kcu_free(q), kcu_free(o), kcu_free(bt), kcu_free(t);
+    free(bt_h), free(t_h);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
+
 /* Launch cost: back-to-back tiny kernels, device time per launch and host time per call. */
 static void launch_breakdown(void) {
     float *x;
@@ -225,10 +266,17 @@ static void breakdown(const kcu_device_info *info) {
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) matmul_breakdown(types[i], 1, info, blas);
     matmul_breakdown(KERN_TYPE_BF16, 8, info, blas);
     matmul_breakdown(KERN_TYPE_Q8_0, 8, info, blas);
-    matmul_breakdown(KERN_TYPE_Q8_0, 512, info, blas);
+    matmul_breakdown(KERN_TYPE_BF16, 512, info, blas);
+    for (int mb = 64; mb >= 8; mb /= 2) {
+        printf("  dequantised GEMM tile %d MiB:\n", mb);
+        kcu_blas_set_tile(blas, (size_t)mb << 20);
+        matmul_breakdown(KERN_TYPE_Q8_0, 512, info, blas);
+    }
+    kcu_blas_set_tile(blas, KCU_GEMM_TILE_BYTES);
     attn_breakdown(1, 512);
     attn_breakdown(1, 4096);
     attn_breakdown(8, 512);
+    attn_prefill_breakdown(512);
     kcu_blas_destroy(blas);
 }
 
@@ -244,10 +292,11 @@ int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "breakdown") == 0) breakdown(&info);
     if (argc > 1 && strcmp(argv[1], "breakdown") == 0) return 0;
     if (argc < 2) {
-        fails += bench(KERN_TYPE_BF16, &info);
-        fails += bench(KERN_TYPE_Q8_0, &info);
+        fails += bench(KERN_TYPE_BF16, &info, false);
+        fails += bench(KERN_TYPE_Q8_0, &info, false);
+        fails += bench(KERN_TYPE_Q8_0, &info, true);
     }
     for (int i = 1; i < argc; i++)
-        fails += bench(strcmp(argv[i], "bf16") == 0 ? KERN_TYPE_BF16 : KERN_TYPE_Q8_0, &info);
+        fails += bench(strcmp(argv[i], "bf16") == 0 ? KERN_TYPE_BF16 : KERN_TYPE_Q8_0, &info, false);
     return fails ? 1 : 0;
 }
