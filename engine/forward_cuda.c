@@ -7,9 +7,10 @@
  * Decode batches (<= KCU_GEMV_MAX_TOK tokens, or <= KCU_GEMV_BATCH_MAX with quantised weights) use
  * the GEMV kernels with f32 activations, the CPU's arithmetic; longer batches use cuBLAS GEMMs, on
  * f16/bf16 tensor cores unless eng_ctx_params.cuda_f32_gemm asks for f32.
- * Decode-only steps whose matmuls are all GEMVs are captured once as a CUDA graph per (tokens,
- * logits rows, context bucket) and replayed: a Llama-3-8B step is ~550 small launches, ~5 us each
- * from the host, which would otherwise cost ~2.7 ms a step. The graph reads the step's metadata
+ * With eng_ctx_params.cuda_graphs, decode-only steps whose matmuls are all GEMVs are captured
+ * once as a CUDA graph per (tokens, logits rows, context bucket) and replayed: a Llama-3-8B step
+ * is ~480 small launches, ~5 us each from the host; graphs pay only once the GPU's own time for
+ * a step drops below that, which it does not yet (so they are off by default). The graph reads the step's metadata
  * from the same device buffer, filled by a copy enqueued before the replay; the attention split
  * count depends on the context only through its bucket (the next power of two >= 256).
  * Compiled only with TOKD_CUDA (the Makefile defines it when nvcc is found). */
@@ -377,9 +378,9 @@ static int layer_forward(eng_cuda *g, uint32_t il, int T, const step_meta *sm, c
     if (ly->bv) CK(kcu_add_bias(g->v, ly->bv, T, kv, g->st), "bv");
     if (ly->q_norm) CK(kcu_rmsnorm(g->q, g->q, ly->q_norm, NULL, T * (int)hp->n_head, hd, hp->rms_eps, g->st), "q norm");
     if (ly->k_norm) CK(kcu_rmsnorm(g->k, g->k, ly->k_norm, NULL, T * (int)hp->n_head_kv, hd, hp->rms_eps, g->st), "k norm");
-    CK(kcu_rope(g->q, T, (int)hp->n_head, hd, (int)hp->n_rot, sm->pos, hp->rope_freq_base, g->tr.rope_neox, g->st), "rope q");
-    CK(kcu_rope(g->k, T, (int)hp->n_head_kv, hd, (int)hp->n_rot, sm->pos, hp->rope_freq_base, g->tr.rope_neox, g->st), "rope k");
-    CK(kcu_kv_store(g->k_cache[il], g->v_cache[il], g->k, g->v, sm->slot, T, kv, g->n_slots, g->st), "kv store");
+    CK(kcu_rope_kv(g->q, g->k, g->v, T, (int)hp->n_head, (int)hp->n_head_kv, hd, (int)hp->n_rot, sm->pos, hp->rope_freq_base,
+                   g->tr.rope_neox, g->k_cache[il], g->v_cache[il], sm->slot, g->n_slots, g->st),
+       "rope and kv store");
     kcu_attn_args a = {g->k_cache[il], g->v_cache[il], sm->bt, (int)hp->n_head, (int)hp->n_head_kv, hd, g->p.block_size,
                        1.0f / sqrtf((float)hp->head_dim)};
     if (sm->n_dec)
@@ -413,7 +414,7 @@ static int step_body(eng_cuda *g, int T, const step_meta *sm, int n_rows, char *
 
 /* Whether a step of T tokens can be replayed from a graph: decode only, no cuBLAS call. */
 static bool graph_ok(const eng_cuda *g, const step_meta *sm, int T) {
-    if (g->p.cuda_no_graphs || sm->n_pre || T > KCU_GEMV_BATCH_MAX) return false;
+    if (!g->p.cuda_graphs || sm->n_pre || T > KCU_GEMV_BATCH_MAX) return false;
     if (!kcu_matmul_is_gemv(&g->output, T)) return false;
     for (uint32_t l = 0; l < g->hp.n_layer; l++) {
         const cu_layer *y = &g->layers[l];

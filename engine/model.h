@@ -96,8 +96,9 @@ typedef struct {
                             built without CUDA) */
     bool cuda_f32_gemm;  /* cuda: prefill GEMMs in f32 (the CPU's arithmetic, slower) instead of
                             f16/bf16 tensor cores with f32 accumulation */
-    bool cuda_no_graphs; /* cuda: launch decode steps kernel by kernel instead of replaying a
-                            captured CUDA graph (same results; for tests and measurements) */
+    bool cuda_graphs;    /* cuda: replay decode steps from captured CUDA graphs instead of launching
+                            kernel by kernel (same results). Off by default: on an H200 the step is
+                            GPU-bound and graphs measured ~5% slower (docs/PERF.md) */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

@@ -154,6 +154,58 @@ extern "C" int kcu_rope(float *x, int n_tok, int n_heads, int head_dim, int n_ro
     return 0;
 }
 
+/* ---- RoPE of q and k and the KV store in one launch (decode steps are launch-bound) ----
+ * One thread per pair of dims of each q and k head: the rotated pairs as k_rope (same theta,
+ * same arithmetic, so bitwise its result), the pairs past n_rot left alone; a k head's thread
+ * then writes its two dims of k, and the same two of v, as f16 into the token's cache slot. */
+__global__ void k_rope_kv(float *q, float *k, const float *v, int n_tok, int n_head, int n_kv, int head_dim, int n_rot,
+                          const int32_t *pos, float freq_base, bool neox, __half *kc, __half *vc, const int32_t *slot,
+                          size_t n_slots) {
+    const int hp = head_dim / 2, half = n_rot / 2, H = n_head + n_kv, kv_row = n_kv * head_dim;
+    const size_t n = (size_t)n_tok * H * hp;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int p = (int)(idx % hp);
+        const size_t th = idx / hp;
+        const int h = (int)(th % H), t = (int)(th / H);
+        float *x = h < n_head ? q + ((size_t)t * n_head + h) * head_dim : k + ((size_t)t * n_kv + (h - n_head)) * head_dim;
+        int a, b;
+        if (p < half) {
+            a = neox ? p : 2 * p, b = neox ? p + half : 2 * p + 1;
+            float theta = (float)pos[t] * powf(freq_base, -2.0f * (float)p / (float)n_rot);
+            float c = cosf(theta), s = sinf(theta);
+            float x0 = x[a], x1 = x[b];
+            x[a] = x0 * c - x1 * s;
+            x[b] = x0 * s + x1 * c;
+        } else {
+            a = n_rot + 2 * (p - half), b = a + 1;
+        }
+        if (h >= n_head) {
+            const int32_t sl = slot[t];
+            if (sl < 0 || (size_t)sl >= n_slots) continue; /* the engine checks block ids first */
+            const size_t o = (size_t)sl * kv_row + (size_t)(h - n_head) * head_dim;
+            const float *vr = v + (size_t)t * kv_row + (size_t)(h - n_head) * head_dim;
+            kc[o + a] = __float2half(x[a]), kc[o + b] = __float2half(x[b]);
+            vc[o + a] = __float2half(vr[a]), vc[o + b] = __float2half(vr[b]);
+        }
+    }
+}
+
+extern "C" int kcu_rope_kv(float *q, float *k, const float *v, int n_tok, int n_head, int n_kv, int head_dim, int n_rot,
+                           const int32_t *pos, float freq_base, bool neox, void *k_cache, void *v_cache,
+                           const int32_t *slot, size_t n_slots, cudaStream_t st) {
+    if (!q || !k || !v || !pos || !k_cache || !v_cache || !slot || n_tok < 0 || n_head <= 0 || n_kv <= 0 ||
+        head_dim <= 0 || head_dim % 2 || n_rot < 0 || n_rot > head_dim || n_rot % 2)
+        return kcu__fail(KCU_ERR_INVALID, "kcu_rope_kv: %d tokens, %d/%d heads of %d, n_rot %d", n_tok, n_head, n_kv,
+                         head_dim, n_rot);
+    size_t n = (size_t)n_tok * (n_head + n_kv) * (head_dim / 2);
+    if (n == 0) return 0;
+    unsigned g = kcu__blocks(n, 256);
+    k_rope_kv<<<g > 65536 ? 65536 : g, 256, 0, st>>>(q, k, v, n_tok, n_head, n_kv, head_dim, n_rot, pos, freq_base, neox,
+                                                     (__half *)k_cache, (__half *)v_cache, slot, n_slots);
+    KCU_LAUNCHED("kcu_rope_kv");
+    return 0;
+}
+
 /* ---- SwiGLU, add, bias ---- */
 
 __global__ void k_swiglu(float *out, const float *g, const float *u, size_t n) {

@@ -137,6 +137,12 @@ int kcu_add_bias(float *x_d, const float *b_d, int n_tok, int n, cudaStream_t st
 int kcu_kv_store(void *k_cache_d, void *v_cache_d, const float *k_d, const float *v_d, const int32_t *slot_d,
                  int n_tok, int kv_row, size_t n_slots, cudaStream_t st);
 
+/* kcu_rope on q (n_head heads) and on k (n_kv heads), then kcu_kv_store of k and v, in one launch
+ * with the same results bit for bit (head_dim even). */
+int kcu_rope_kv(float *q_d, float *k_d, const float *v_d, int n_tok, int n_head, int n_kv, int head_dim, int n_rot,
+                const int32_t *pos_d, float freq_base, bool neox, void *k_cache_d, void *v_cache_d, const int32_t *slot_d,
+                size_t n_slots, cudaStream_t st);
+
 /* ---- matmul ---- */
 #define KCU_GEMV_MAX_TOK 8
 #define KCU_GEMV_BATCH_MAX 32

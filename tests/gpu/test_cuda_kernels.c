@@ -225,6 +225,42 @@ static void test_elementwise(void) {
             kcu_free(x_d), kcu_free(pos_d);
             free(x), free(got), free(pos);
         }
+    /* fused rope of q and k + KV store == kcu_rope twice + kcu_kv_store, bit for bit */
+    static const int rkv[][5] = {{5, 8, 4, 64, 64}, {3, 9, 3, 64, 32}, {7, 32, 8, 128, 128}, {2, 4, 4, 8, 8}, {4, 6, 2, 96, 64}};
+    for (size_t s = 0; s < sizeof rkv / sizeof rkv[0]; s++)
+        for (int neox = 0; neox < 2; neox++) {
+            int T = rkv[s][0], H = rkv[s][1], KV = rkv[s][2], hd = rkv[s][3], nr = rkv[s][4], kvr = KV * hd;
+            size_t nq = (size_t)T * H * hd, nk = (size_t)T * kvr, n_slots = (size_t)T * 3;
+            float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+            int32_t pos[8], slot[8];
+            fill(q, nq, 2.0f), fill(k, nk, 2.0f), fill(v, nk, 1.0f);
+            for (int t = 0; t < T; t++) pos[t] = (int32_t)((frand() + 1.0f) * 1000.0f), slot[t] = 3 * t + (t % 3);
+            float *qa = dev_copy(q, nq * 4), *ka = dev_copy(k, nk * 4), *qb = dev_copy(q, nq * 4), *kb = dev_copy(k, nk * 4);
+            float *v_d = dev_copy(v, nk * 4);
+            int32_t *pos_d = dev_copy(pos, sizeof pos), *slot_d = dev_copy(slot, sizeof slot);
+            void *kca, *vca, *kcb, *vcb;
+            CHECK(kcu_alloc(&kca, n_slots * kvr * 2));
+            CHECK(kcu_alloc(&vca, n_slots * kvr * 2));
+            CHECK(kcu_alloc(&kcb, n_slots * kvr * 2));
+            CHECK(kcu_alloc(&vcb, n_slots * kvr * 2));
+            CHECK(kcu_rope(qa, T, H, hd, nr, pos_d, 10000.0f, neox, 0));
+            CHECK(kcu_rope(ka, T, KV, hd, nr, pos_d, 10000.0f, neox, 0));
+            CHECK(kcu_kv_store(kca, vca, ka, v_d, slot_d, T, kvr, n_slots, 0));
+            CHECK(kcu_rope_kv(qb, kb, v_d, T, H, KV, hd, nr, pos_d, 10000.0f, neox, kcb, vcb, slot_d, n_slots, 0));
+            size_t nb = nq * 4 + nk * 4 + 4 * n_slots * kvr * 2;
+            uint8_t *ha = malloc(nb), *hb = malloc(nb);
+            to_host(ha, qa, nq * 4), to_host(ha + nq * 4, ka, nk * 4);
+            to_host(ha + nq * 4 + nk * 4, kca, n_slots * kvr * 2), to_host(ha + nq * 4 + nk * 4 + n_slots * kvr * 2, vca, n_slots * kvr * 2);
+            to_host(hb, qb, nq * 4), to_host(hb + nq * 4, kb, nk * 4);
+            to_host(hb + nq * 4 + nk * 4, kcb, n_slots * kvr * 2), to_host(hb + nq * 4 + nk * 4 + n_slots * kvr * 2, vcb, n_slots * kvr * 2);
+            int same = memcmp(ha, hb, nq * 4 + nk * 4 + 2 * n_slots * kvr * 2) == 0;
+            n_case++, n_fail += !same;
+            printf("%-4s %-26s T%d H%d/%d hd%d rot%d %-14s %s\n", same ? "ok" : "FAIL", "rope_kv fused", T, H, KV, hd, nr,
+                   neox ? "neox" : "pairs", same ? "bitwise equal to rope + kv_store" : "DIFFERS from rope + kv_store");
+            kcu_free(qa), kcu_free(ka), kcu_free(qb), kcu_free(kb), kcu_free(v_d), kcu_free(pos_d), kcu_free(slot_d);
+            kcu_free(kca), kcu_free(vca), kcu_free(kcb), kcu_free(vcb);
+            free(q), free(k), free(v), free(ha), free(hb);
+        }
     static const size_t sizes[] = {1, 1000, 1000003};
     for (size_t s = 0; s < 3; s++) {
         size_t n = sizes[s];

@@ -31,14 +31,14 @@ static int run(eng_cuda *g, const eng_batch *b, float *logits, int want) {
     return rc;
 }
 
-static int bench(uint32_t wtype, const kcu_device_info *info, bool no_graphs) {
+static int bench(uint32_t wtype, const kcu_device_info *info, bool graphs) {
     eng_hparams hp = {.n_vocab = 128256, .n_embd = 4096, .n_layer = 32, .n_head = 32, .n_head_kv = 8, .head_dim = 128,
                       .n_ff = 14336, .n_rot = 128, .n_ctx_train = 8192, .rope_freq_base = 500000.0f, .rms_eps = 1e-5f};
     eng_traits tr = {.arch = ENG_ARCH_LLAMA, .arch_name = "llama"};
     eng_ctx_params p;
     eng_ctx_params_default(&p);
     p.device = 1;
-    p.cuda_no_graphs = no_graphs;
+    p.cuda_graphs = graphs;
     p.max_tokens = PREFILL;
     p.max_logits = NSEQ;
     p.max_ctx = MAX_CTX;
@@ -94,9 +94,9 @@ static int bench(uint32_t wtype, const kcu_device_info *info, bool no_graphs) {
     }
     uint64_t replays = eng__cuda_graph_replays(g);
     printf("decode steps replayed from CUDA graphs: %llu\n", (unsigned long long)replays);
-    if (rc >= 0 && (no_graphs ? replays != 0 : replays < 2 * (DECODE_STEPS - 1))) {
+    if (rc >= 0 && (!graphs ? replays != 0 : replays < 2 * (DECODE_STEPS - 1))) {
         fprintf(stderr, "FAIL %s: %llu graph replays with graphs %s\n", kern_type_name(wtype), (unsigned long long)replays,
-                no_graphs ? "off" : "on");
+                graphs ? "on" : "off");
         rc = -1;
     }
     if (rc < 0) {
@@ -113,7 +113,7 @@ static int bench(uint32_t wtype, const kcu_device_info *info, bool no_graphs) {
     double floor_dev = (double)wb / (info->hbm_gbs * 1e9), floor_spec = (double)wb / 3.35e12;
     double dec1 = (DECODE_STEPS - 1) / t_dec1, decn = NSEQ * (DECODE_STEPS - 1) / t_decn;
     printf("\n== Llama-3-8B shape, %s weights (random, generated on the GPU in %.1f s)%s ==\n", kern_type_name(wtype), t_init,
-           no_graphs ? ", decode WITHOUT CUDA graphs" : "");
+           graphs ? ", decode steps replayed from CUDA graphs" : "");
     printf("weights read per step %.2f GB; device memory in use %.2f GB\n", wb / 1e9, eng__cuda_total_bytes(g) / 1e9);
     printf("prefill %d tokens   : %8.1f tok/s  (%.1f ms)   FLOP floor %.1f ms = %.0f tok/s at %.0f TFLOP/s -> %.0f%% of peak\n",
            PREFILL, PREFILL / best_pre, best_pre * 1e3, pre_flops / peak * 1e3, PREFILL / (pre_flops / peak), peak / 1e12,
@@ -123,7 +123,7 @@ static int bench(uint32_t wtype, const kcu_device_info *info, bool no_graphs) {
     printf("decode batch %d      : %8.1f tok/s  (%.2f ms/step)  same floor per step -> %.0f%% of device BW\n", NSEQ, decn,
            1e3 * NSEQ / decn, 100.0 * floor_dev * decn / NSEQ);
     printf("PERF %s%s prefill_tok_s=%.1f decode1_tok_s=%.1f decode%d_tok_s=%.1f bw_frac=%.2f\n", kern_type_name(wtype),
-           no_graphs ? "-nographs" : "", PREFILL / best_pre, dec1, NSEQ, decn, floor_dev * dec1);
+           graphs ? "-graphs" : "", PREFILL / best_pre, dec1, NSEQ, decn, floor_dev * dec1);
     free(toks);
     free(logits);
     eng__cuda_destroy(g);
@@ -295,6 +295,7 @@ int main(int argc, char **argv) {
         fails += bench(KERN_TYPE_BF16, &info, false);
         fails += bench(KERN_TYPE_Q8_0, &info, false);
         fails += bench(KERN_TYPE_Q8_0, &info, true);
+        fails += bench(KERN_TYPE_BF16, &info, true);
     }
     for (int i = 1; i < argc; i++)
         fails += bench(strcmp(argv[i], "bf16") == 0 ? KERN_TYPE_BF16 : KERN_TYPE_Q8_0, &info, false);
