@@ -1,5 +1,5 @@
 /* CUDA matmul over device weights (see kern_cuda.h for the two paths):
- *  - k_gemv: decode, T <= KCU_GEMV_MAX_TOK tokens. One block of 128 threads per 2 or 4 output
+ *  - k_gemv: decode, T <= KCU_GEMV_MAX_TOK tokens. One block of 32-128 threads per 2 or 4 output
  *    rows; each thread decodes groups of every row (16-byte loads of the quant plane, integer to
  *    float by exponent tricks, see kcu__bytef), multiplies them with the f32 activations of every
  *    token (float4 loads, each shared by the block's rows) and the block reduces with shuffles
@@ -23,19 +23,47 @@ struct kcu_blas {
 
 /* ---- GEMV ---- */
 
+/* End of every GEMV kernel: acc[r][t] of each thread summed over the block (shuffles in the warp,
+ * then the blockDim.x / 32 <= 4 warps through shared memory, in a fixed order) into
+ * Y[t][row0 + r], or added to it. */
+template <int R, int NT>
+__device__ __forceinline__ void kcu__gemv_store(float (&acc)[R][NT], float *Y, uint64_t n_out, uint64_t row0, int nr, int T,
+                                                int add) {
+    __shared__ float red[4][R * NT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float s = acc[r][t];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) red[warp][r * NT + t] = s;
+        }
+    __syncthreads();
+    if (threadIdx.x < R * NT) {
+        const int r = threadIdx.x / NT, t = threadIdx.x % NT;
+        if (r < nr && t < T) {
+            float s = red[0][threadIdx.x];
+            for (int i = 1; i < nw; i++) s += red[i][threadIdx.x];
+            float *y = Y + (size_t)t * n_out + row0 + r;
+            *y = add ? *y + s : s;
+        }
+    }
+}
+
 /* Rows per block: enough that the decoded groups of all rows fit in 64 registers per thread. */
 __host__ __device__ constexpr int kcu__gemv_rows(int type, bool vec) {
     return kcu__ge(type, vec) >= 32 ? 2 : 4;
 }
 
-/* Block of 4 warps = R rows of W for all T (<= NT) tokens. The 128 threads stride over the row's
+/* Block of 1-4 warps (as many as the row has groups, gemv_threads) = R rows of W for all T (<= NT)
+ * tokens. The threads stride over the row's
  * groups; each decodes its group of every row (R independent 16-byte loads in flight), then
  * multiplies them with each token's activations, so every X load serves R rows. Partial sums are
- * reduced in the warp with shuffles and across the 4 warps through shared memory. */
+ * reduced in the warp with shuffles and across the warps through shared memory. */
 template <int TYPE, bool VEC, int NT>
 __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int GE = kcu__ge(TYPE, VEC), R = kcu__gemv_rows(TYPE, VEC);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
     const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / GE);
@@ -45,7 +73,7 @@ __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict_
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
 #pragma unroll(GE <= 8 ? 2 : 1)
-    for (uint32_t g = threadIdx.x; g < n_groups; g += 128) {
+    for (uint32_t g = threadIdx.x; g < n_groups; g += blockDim.x) {
         float v[R][GE];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -79,24 +107,7 @@ __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict_
             }
         }
     }
-    __shared__ float red[4][R * NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float s = acc[r][t];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) red[warp][r * NT + t] = s;
-        }
-    __syncthreads();
-    if (threadIdx.x < R * NT) {
-        const int r = threadIdx.x / NT, t = threadIdx.x % NT;
-        if (r < nr && t < T) {
-            float *y = Y + (size_t)t * w.n_out + row0 + r;
-            const float s = (red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x]);
-            *y = add ? *y + s : s;
-        }
-    }
+    kcu__gemv_store<R, NT>(acc, Y, w.n_out, row0, nr, T, add);
 }
 
 /* The plain (16-byte aligned rows) and 32-block types: each group is one 16-byte load of the
@@ -138,7 +149,6 @@ __device__ __forceinline__ void kcu__chunk(const uint4 &q, uint32_t sb, int j, f
 template <int TYPE, int NT>
 __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int GE = kcu__ge(TYPE, true), R = 4, U = 2, NC = GE / 4;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
     const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / GE), nb = (uint32_t)(w.n_in / 32);
@@ -147,14 +157,14 @@ __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restr
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
-    for (uint32_t g0 = threadIdx.x; g0 < n_groups; g0 += 128 * U) {
+    for (uint32_t g0 = threadIdx.x; g0 < n_groups; g0 += blockDim.x * U) {
         uint4 q[U][R];
         uint32_t sb[U][R];
 #pragma unroll
         for (int u = 0; u < U; u++)
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                const uint32_t g = g0 + 128 * u;
+                const uint32_t g = g0 + blockDim.x * u;
                 q[u][r] = make_uint4(0, 0, 0, 0), sb[u][r] = 0;
                 if (g < n_groups && r < nr) {
                     const uint64_t row = row0 + r;
@@ -169,7 +179,7 @@ __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restr
             }
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const uint32_t g = g0 + 128 * u;
+            const uint32_t g = g0 + blockDim.x * u;
             if (g >= n_groups) break;
 #pragma unroll
             for (int j = 0; j < NC; j++) {
@@ -188,24 +198,7 @@ __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restr
             }
         }
     }
-    __shared__ float red[4][R * NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float s = acc[r][t];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) red[warp][r * NT + t] = s;
-        }
-    __syncthreads();
-    if (threadIdx.x < R * NT) {
-        const int r = threadIdx.x / NT, t = threadIdx.x % NT;
-        if (r < nr && t < T) {
-            float *y = Y + (size_t)t * w.n_out + row0 + r;
-            const float s = (red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x]);
-            *y = add ? *y + s : s;
-        }
-    }
+    kcu__gemv_store<R, NT>(acc, Y, w.n_out, row0, nr, T, add);
 }
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -223,7 +216,6 @@ __device__ __forceinline__ uint32_t kcu__hbyte(const uint4 &h, int k) { /* byte 
 template <int TYPE, int NT>
 __global__ void __launch_bounds__(128) k_gemv_kq(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int R = 4, BB = TYPE == KERN_TYPE_Q4_K ? 144 : 176, QOFF = TYPE == KERN_TYPE_Q4_K ? 16 : 48;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
     const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / 64);
@@ -232,7 +224,7 @@ __global__ void __launch_bounds__(128) k_gemv_kq(kcu__w w, const float *__restri
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
-    for (uint32_t g = threadIdx.x; g < n_groups; g += 128) {
+    for (uint32_t g = threadIdx.x; g < n_groups; g += blockDim.x) {
         const int jp = (int)(g & 3);
         uint4 hd[R], q[R][2], qh[R][2];
 #pragma unroll
@@ -292,24 +284,12 @@ __global__ void __launch_bounds__(128) k_gemv_kq(kcu__w w, const float *__restri
             }
         }
     }
-    __shared__ float red[4][R * NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float s = acc[r][t];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) red[warp][r * NT + t] = s;
-        }
-    __syncthreads();
-    if (threadIdx.x < R * NT) {
-        const int r = threadIdx.x / NT, t = threadIdx.x % NT;
-        if (r < nr && t < T) {
-            float *y = Y + (size_t)t * w.n_out + row0 + r;
-            const float s = (red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x]);
-            *y = add ? *y + s : s;
-        }
-    }
+    kcu__gemv_store<R, NT>(acc, Y, w.n_out, row0, nr, T, add);
+}
+
+/* Threads per block: 32..128, no more than the row has groups (each thread takes whole groups). */
+static unsigned gemv_threads(uint64_t n_groups) {
+    return n_groups >= 128 ? 128 : n_groups > 64 ? 128 : n_groups > 32 ? 64 : 32;
 }
 
 template <int TYPE, bool VEC, int NT>
@@ -317,12 +297,13 @@ static void gemv_launch(const kcu__w &v, const float *X, float *Y, int n_tok, in
     constexpr bool RAW = VEC && (TYPE == KERN_TYPE_F32 || TYPE == KERN_TYPE_F16 || TYPE == KERN_TYPE_BF16 ||
                                  TYPE == KERN_TYPE_Q8_0 || TYPE == KERN_TYPE_Q4_0 || TYPE == KERN_TYPE_Q4_1);
     if constexpr (RAW) {
-        k_gemv_raw<TYPE, NT><<<kcu__blocks((size_t)v.n_out, 4), 128, 0, st>>>(v, X, Y, n_tok, add);
+        k_gemv_raw<TYPE, NT><<<kcu__blocks((size_t)v.n_out, 4), gemv_threads(v.n_in / kcu__ge(TYPE, VEC) / 2), 0, st>>>(
+            v, X, Y, n_tok, add);
     } else if constexpr (TYPE == KERN_TYPE_Q4_K || TYPE == KERN_TYPE_Q5_K) {
-        k_gemv_kq<TYPE, NT><<<kcu__blocks((size_t)v.n_out, 4), 128, 0, st>>>(v, X, Y, n_tok, add);
+        k_gemv_kq<TYPE, NT><<<kcu__blocks((size_t)v.n_out, 4), gemv_threads(v.n_in / 64), 0, st>>>(v, X, Y, n_tok, add);
     } else {
-        k_gemv<TYPE, VEC, NT><<<kcu__blocks((size_t)v.n_out, (unsigned)kcu__gemv_rows(TYPE, VEC)), 128, 0, st>>>(v, X, Y, n_tok,
-                                                                                                            add);
+        k_gemv<TYPE, VEC, NT><<<kcu__blocks((size_t)v.n_out, (unsigned)kcu__gemv_rows(TYPE, VEC)),
+                                gemv_threads(v.n_in / kcu__ge(TYPE, VEC)), 0, st>>>(v, X, Y, n_tok, add);
     }
 }
 
