@@ -114,16 +114,22 @@ static uint64_t block_elems(uint32_t type) {
     }
 }
 
-/* Bytes of the scale plane per 32-block. */
+/* Bytes of the scale plane per 32-block (Q6_K: per super-block, see s_plane_bytes). */
 static uint64_t scale_bytes(uint32_t type) {
     return type == KERN_TYPE_Q8_0 || type == KERN_TYPE_Q4_0 ? 2 : type == KERN_TYPE_Q4_1 ? 4 : 0;
+}
+
+/* Bytes of the whole scale plane of an (n_in, n_out) matrix. */
+static uint64_t s_plane_bytes(uint32_t type, uint64_t n_in, uint64_t n_out) {
+    if (type == KERN_TYPE_Q6_K) return n_in / 256 * 18 * n_out; /* 16 int8 scales, then the f16 d of every block */
+    return n_in / 32 * scale_bytes(type) * n_out;
 }
 
 int kcu__check_weight(const kcu_weight *w, const char *what) {
     if (!w || !kcu_type_supported(w->type))
         return kcu__fail(KCU_ERR_INVALID, "%s: unsupported weight type %u", what, w ? w->type : 0u);
     if (w->n_in == 0 || w->n_out == 0 || w->n_in % block_elems(w->type) || !w->q ||
-        (scale_bytes(w->type) && !w->s))
+        (s_plane_bytes(w->type, 256, 1) && !w->s))
         return kcu__fail(KCU_ERR_INVALID, "%s: bad weight (%s, %llu x %llu)", what, kern_type_name(w->type),
                          (unsigned long long)w->n_in, (unsigned long long)w->n_out);
     return 0;
@@ -137,7 +143,7 @@ extern "C" int kcu_weight_alloc(kcu_weight *w, uint32_t type, uint64_t n_in, uin
     w->type = type;
     w->n_in = n_in;
     w->n_out = n_out;
-    size_t qb = (size_t)kcu__q_row_bytes(type, n_in) * n_out, sb = (size_t)(n_in / 32) * scale_bytes(type) * n_out;
+    size_t qb = (size_t)kcu__q_row_bytes(type, n_in) * n_out, sb = (size_t)s_plane_bytes(type, n_in, n_out);
     int rc = kcu_alloc(&w->q, qb);
     if (rc == 0 && sb) rc = kcu_alloc(&w->s, sb);
     if (rc) {
@@ -167,9 +173,43 @@ static void repack_rows(uint32_t type, const uint8_t *src, uint64_t n_in, uint64
         }
 }
 
+/* Q6_K: each 210-byte block's ql|qh (192 bytes) to the quant plane, its 16 scales and its d to the
+ * two parts of the scale plane (all blocks of the matrix, in chunks through a host buffer). */
+static int upload_q6k(kcu_weight *w, const uint8_t *host) {
+    const uint64_t nb = w->n_in / 256, n_blk = nb * w->n_out;
+    const uint64_t chunk = ((uint64_t)4 << 20) / 210 + 1; /* blocks per copy */
+    uint8_t *buf = (uint8_t *)malloc((size_t)(chunk * 210));
+    if (!buf) return kcu__fail(KCU_ERR_NOMEM, "weight upload: out of host memory");
+    uint8_t *q = (uint8_t *)w->q, *sc = (uint8_t *)w->s, *d = sc + n_blk * 16;
+    for (uint64_t b0 = 0; b0 < n_blk; b0 += chunk) {
+        const uint64_t n = n_blk - b0 < chunk ? n_blk - b0 : chunk;
+        uint8_t *bq = buf, *bs = buf + n * 192, *bd = bs + n * 16;
+        for (uint64_t b = 0; b < n; b++) {
+            const uint8_t *src = host + (b0 + b) * 210;
+            memcpy(bq + b * 192, src, 192);
+            memcpy(bs + b * 16, src + 192, 16);
+            memcpy(bd + b * 2, src + 208, 2);
+        }
+        cudaError_t e = cudaMemcpy(q + b0 * 192, bq, (size_t)(n * 192), cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(sc + b0 * 16, bs, (size_t)(n * 16), cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(d + b0 * 2, bd, (size_t)(n * 2), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            free(buf);
+            return kcu__fail(KCU_ERR_CUDA, "weight upload: %s", cudaGetErrorString(e));
+        }
+    }
+    free(buf);
+    KCU_TRY(cudaDeviceSynchronize(), "weight upload");
+    return 0;
+}
+
 extern "C" int kcu_weight_upload(kcu_weight *w, uint32_t type, const void *host, uint64_t n_in, uint64_t n_out) {
     int rc = kcu_weight_alloc(w, type, n_in, n_out);
     if (rc) return rc;
+    if (type == KERN_TYPE_Q6_K) {
+        if ((rc = upload_q6k(w, (const uint8_t *)host))) kcu_weight_free(w);
+        return rc;
+    }
     if (!scale_bytes(type)) {
         cudaError_t e = cudaMemcpy(w->q, host, w->bytes, cudaMemcpyHostToDevice);
         if (e != cudaSuccess) {
@@ -262,9 +302,8 @@ __global__ void k_fill_scales(uint16_t *s, size_t n, uint32_t type, float scale)
 /* K-quants: random bytes with each super-block's f16 scales overwritten by sane values. */
 __global__ void k_fix_kquant_scales(uint8_t *q, size_t n_blocks, uint32_t type, float scale) {
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < n_blocks; b += (size_t)gridDim.x * blockDim.x) {
-        if (type == KERN_TYPE_Q6_K) {
-            uint8_t *blk = q + b * 210;
-            *(uint16_t *)(blk + 208) = __half_as_ushort(__float2half(scale / (32.0f * 64.0f)));
+        if (type == KERN_TYPE_Q6_K) { /* q: the scale plane's d part */
+            reinterpret_cast<uint16_t *>(q)[b] = __half_as_ushort(__float2half(scale / (32.0f * 64.0f)));
         } else {
             uint8_t *blk = q + b * (type == KERN_TYPE_Q4_K ? 144 : 176);
             float qmax = type == KERN_TYPE_Q4_K ? 15.0f : 31.0f;
@@ -281,7 +320,12 @@ extern "C" int kcu_weight_fill_random(kcu_weight *w, uint64_t seed, float scale,
     k_fill_bytes<<<kcu__blocks(qb, 256) > 65536 ? 65536 : kcu__blocks(qb, 256), 256, 0, st>>>((uint8_t *)w->q, qb, seed,
                                                                                             w->type, scale);
     KCU_LAUNCHED("fill weight");
-    if (w->s) {
+    if (w->s && w->type == KERN_TYPE_Q6_K) { /* random int8 scales (not -128) */
+        size_t ns = (size_t)(w->n_in / 256) * w->n_out * 16;
+        k_fill_bytes<<<kcu__blocks(ns, 256) > 65536 ? 65536 : kcu__blocks(ns, 256), 256, 0, st>>>((uint8_t *)w->s, ns, seed + 1,
+                                                                                                KERN_TYPE_Q8_0, scale);
+        KCU_LAUNCHED("fill scales");
+    } else if (w->s) {
         size_t ns = (size_t)(w->n_in / 32) * w->n_out * (w->type == KERN_TYPE_Q4_1 ? 2 : 1);
         k_fill_scales<<<kcu__blocks(ns, 256) > 65536 ? 65536 : kcu__blocks(ns, 256), 256, 0, st>>>((uint16_t *)w->s, ns,
                                                                                                  w->type, scale);
@@ -289,8 +333,9 @@ extern "C" int kcu_weight_fill_random(kcu_weight *w, uint64_t seed, float scale,
     }
     if (w->type == KERN_TYPE_Q4_K || w->type == KERN_TYPE_Q5_K || w->type == KERN_TYPE_Q6_K) {
         size_t nbk = (size_t)(w->n_in / 256) * w->n_out;
-        k_fix_kquant_scales<<<kcu__blocks(nbk, 256) > 65536 ? 65536 : kcu__blocks(nbk, 256), 256, 0, st>>>(
-            (uint8_t *)w->q, nbk, w->type, scale);
+        uint8_t *base = w->type == KERN_TYPE_Q6_K ? (uint8_t *)w->s + nbk * 16 : (uint8_t *)w->q;
+        k_fix_kquant_scales<<<kcu__blocks(nbk, 256) > 65536 ? 65536 : kcu__blocks(nbk, 256), 256, 0, st>>>(base, nbk, w->type,
+                                                                                                          scale);
         KCU_LAUNCHED("fill k-quant scales");
     }
     return 0;

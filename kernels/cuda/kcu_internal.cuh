@@ -57,7 +57,7 @@ static inline uint64_t kcu__q_row_bytes(uint32_t type, uint64_t n_in) {
     case KERN_TYPE_Q4_1: return n_in / 2;
     case KERN_TYPE_Q4_K: return n_in / 256 * 144;
     case KERN_TYPE_Q5_K: return n_in / 256 * 176;
-    case KERN_TYPE_Q6_K: return n_in / 256 * 210;
+    case KERN_TYPE_Q6_K: return n_in / 256 * 192; /* ql | qh; scales and d in the scale plane */
     default: return 0;
     }
 }
@@ -191,19 +191,23 @@ __device__ __forceinline__ void kcu__decode(const kcu__w &w, uint64_t row, uint6
             for (int b = 0; b < 4; b++) v[4 * k + b] = d1 * kcu__bytef(val, b, 0.0f) - m1;
         }
     } else if constexpr (TYPE == KERN_TYPE_Q6_K) {
-        const uint8_t *blk = rq + (g / 8) * 210;
+        const uint8_t *blk = rq + (g / 8) * 192;
         const int sg = (int)(g % 8), hh = sg / 4, k = sg % 4;
-        /* blocks are 210 bytes: 2-byte aligned, so the quants are read 2 bytes at a time */
-        const uint16_t *ql = reinterpret_cast<const uint16_t *>(blk + 64 * hh + 32 * (k & 1));
-        const uint16_t *qh = reinterpret_cast<const uint16_t *>(blk + 128 + 32 * hh);
-        const int8_t *sc = reinterpret_cast<const int8_t *>(blk + 192);
-        float d = kcu__h2f(kcu__rd16(blk + 208));
+        /* the plane layout (kern_cuda.h): 192-byte quant blocks, 16-byte aligned */
+        uint32_t ql[8], qh[8];
+        kcu__ld16(blk + 64 * hh + 32 * (k & 1), ql);
+        kcu__ld16(blk + 64 * hh + 32 * (k & 1) + 16, ql + 4);
+        kcu__ld16(blk + 128 + 32 * hh, qh);
+        kcu__ld16(blk + 128 + 32 * hh + 16, qh + 4);
+        const uint64_t bi = row * (w.n_in / 256) + g / 8, n_blk = w.n_out * (w.n_in / 256);
+        const int8_t *sc = reinterpret_cast<const int8_t *>(w.s + bi * 16);
+        float d = kcu__h2f(reinterpret_cast<const uint16_t *>(w.s + n_blk * 16)[bi]);
         float s0 = d * (float)sc[2 * sg], s1 = d * (float)sc[2 * sg + 1];
 #pragma unroll
-        for (int l2 = 0; l2 < 16; l2++) {
-            uint32_t val = ((uint32_t)(ql[l2] >> (4 * (k >> 1))) & 0x0f0fu) | ((((uint32_t)qh[l2] >> (2 * k)) & 0x0303u) << 4);
-            v[2 * l2] = (l2 < 8 ? s0 : s1) * kcu__bytef(val, 0, 32.0f);
-            v[2 * l2 + 1] = (l2 < 8 ? s0 : s1) * kcu__bytef(val, 1, 32.0f);
+        for (int i = 0; i < 8; i++) {
+            uint32_t val = ((ql[i] >> (4 * (k >> 1))) & 0x0f0f0f0fu) | (((qh[i] >> (2 * k)) & 0x03030303u) << 4);
+#pragma unroll
+            for (int b = 0; b < 4; b++) v[4 * i + b] = (i < 4 ? s0 : s1) * kcu__bytef(val, b, 32.0f);
         }
     }
 }

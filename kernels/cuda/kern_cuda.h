@@ -20,8 +20,10 @@
  *   Q4_0: q = (n_out, n_in/2) bytes: block b's 16 bytes of ggml qs at [16b, 16b+16) (low nibble
  *         = element i, high = element i+16); s = f16 d (n_out, n_in/32).
  *   Q4_1: q as Q4_0; s = f16 pairs (d, m) (n_out, n_in/32, 2).
- *   Q4_K/Q5_K/Q6_K: q = ggml's super-blocks as in the file (n_out rows of row_bytes); s = NULL.
- *         Q4_K (144 B) and Q5_K (176 B) blocks are 16-byte aligned; Q6_K (210 B) is read bytewise.
+ *   Q4_K/Q5_K: q = ggml's super-blocks as in the file (n_out rows of row_bytes); s = NULL.
+ *         Q4_K (144 B) and Q5_K (176 B) blocks are 16-byte aligned.
+ *   Q6_K: q = the first 192 bytes of each 210-byte block (ql, qh: 16-byte aligned); s = the 16
+ *         int8 scales of every block (n_out, n_in/256, 16), then the f16 d of every block.
  *
  * Matmul (kcu_matmul): Y(T, n_out) = X(T, n_in) W^T.
  *  - T <= KCU_GEMV_MAX_TOK (decode): a GEMV kernel, one block per 2 or 4 output rows, weights
