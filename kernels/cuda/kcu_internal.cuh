@@ -212,6 +212,58 @@ __device__ __forceinline__ void kcu__decode(const kcu__w &w, uint64_t row, uint6
     }
 }
 
+/* The types whose groups are one 16-byte load of the quant plane (plus, for the 32-block types,
+ * one scale): their GEMV and dequantisation load several groups before decoding any. */
+__host__ __device__ constexpr bool kcu__raw_type(int type, bool vec) {
+    return vec && (type == KERN_TYPE_F32 || type == KERN_TYPE_F16 || type == KERN_TYPE_BF16 || type == KERN_TYPE_Q8_0 ||
+                   type == KERN_TYPE_Q4_0 || type == KERN_TYPE_Q4_1);
+}
+
+/* The 16 bytes q of group g of `row` and its scale bits (Q8_0/Q4_0: f16 d; Q4_1: d | m << 16). */
+template <int TYPE>
+__device__ __forceinline__ void kcu__raw_load(const kcu__w &w, uint64_t row, uint32_t g, uint4 &q, uint32_t &sb) {
+    const uint32_t nb = (uint32_t)(w.n_in / 32);
+    q = __ldcs(reinterpret_cast<const uint4 *>(w.q + row * w.row_bytes) + g);
+    if constexpr (TYPE == KERN_TYPE_Q8_0) sb = __ldcs(reinterpret_cast<const unsigned short *>(w.s) + row * nb + g / 2);
+    else if constexpr (TYPE == KERN_TYPE_Q4_0) sb = __ldcs(reinterpret_cast<const unsigned short *>(w.s) + row * nb + g);
+    else if constexpr (TYPE == KERN_TYPE_Q4_1) sb = __ldcs(reinterpret_cast<const unsigned int *>(w.s) + row * nb + g);
+    else sb = 0;
+}
+
+/* Elements 4j..4j+3 of a raw group (kcu__raw_load), the values kcu__decode gives. */
+template <int TYPE>
+__device__ __forceinline__ void kcu__chunk(const uint4 &q, uint32_t sb, int j, float *e) {
+    const uint32_t wd[4] = {q.x, q.y, q.z, q.w};
+    if constexpr (TYPE == KERN_TYPE_F32) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) e[i] = __uint_as_float(wd[i]);
+    } else if constexpr (TYPE == KERN_TYPE_F16 || TYPE == KERN_TYPE_BF16) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const uint32_t u = wd[2 * j + i];
+            e[2 * i] = TYPE == KERN_TYPE_F16 ? kcu__h2f(u) : kcu__bf2f(u);
+            e[2 * i + 1] = TYPE == KERN_TYPE_F16 ? kcu__h2f(u >> 16) : kcu__bf2f(u >> 16);
+        }
+    } else if constexpr (TYPE == KERN_TYPE_Q8_0) {
+        const float d = kcu__h2f(sb);
+        const uint32_t u = wd[j] ^ 0x80808080u;
+#pragma unroll
+        for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 128.0f) * d;
+    } else { /* Q4_0, Q4_1: elements 4j.. are the low nibbles of word j (j < 4), else the high of j-4 */
+        const uint32_t u = j < 4 ? wd[j] & 0x0f0f0f0fu : (wd[j - 4] >> 4) & 0x0f0f0f0fu;
+        const float d = kcu__h2f(sb);
+        if constexpr (TYPE == KERN_TYPE_Q4_0) {
+#pragma unroll
+            for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 8.0f) * d;
+        } else {
+            const float m = kcu__h2f(sb >> 16);
+#pragma unroll
+            for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 0.0f) * d + m;
+        }
+    }
+}
+
+
 /* Whether rows of a plain type are 16-byte aligned (vector groups) for this n_in. */
 static inline bool kcu__vec_ok(uint32_t type, uint64_t n_in) {
     return kcu__q_row_bytes(type, n_in) % 16 == 0;

@@ -114,44 +114,12 @@ __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict_
  * quant plane plus (Q8_0/Q4_0/Q4_1) its scale, so a thread first loads U groups of each of the
  * R rows (U*R independent loads in flight, streamed past L1), then decodes them 4 elements at a
  * time against the tokens' float4 activations. Values and sums as in k_gemv. */
-template <int TYPE>
-__device__ __forceinline__ void kcu__chunk(const uint4 &q, uint32_t sb, int j, float *e) {
-    const uint32_t wd[4] = {q.x, q.y, q.z, q.w};
-    if constexpr (TYPE == KERN_TYPE_F32) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) e[i] = __uint_as_float(wd[i]);
-    } else if constexpr (TYPE == KERN_TYPE_F16 || TYPE == KERN_TYPE_BF16) {
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const uint32_t u = wd[2 * j + i];
-            e[2 * i] = TYPE == KERN_TYPE_F16 ? kcu__h2f(u) : kcu__bf2f(u);
-            e[2 * i + 1] = TYPE == KERN_TYPE_F16 ? kcu__h2f(u >> 16) : kcu__bf2f(u >> 16);
-        }
-    } else if constexpr (TYPE == KERN_TYPE_Q8_0) {
-        const float d = kcu__h2f(sb);
-        const uint32_t u = wd[j] ^ 0x80808080u;
-#pragma unroll
-        for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 128.0f) * d;
-    } else { /* Q4_0, Q4_1: elements 4j.. are the low nibbles of word j (j < 4), else the high of j-4 */
-        const uint32_t u = j < 4 ? wd[j] & 0x0f0f0f0fu : (wd[j - 4] >> 4) & 0x0f0f0f0fu;
-        const float d = kcu__h2f(sb);
-        if constexpr (TYPE == KERN_TYPE_Q4_0) {
-#pragma unroll
-            for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 8.0f) * d;
-        } else {
-            const float m = kcu__h2f(sb >> 16);
-#pragma unroll
-            for (int b = 0; b < 4; b++) e[b] = kcu__bytef(u, b, 0.0f) * d + m;
-        }
-    }
-}
-
 template <int TYPE, int NT>
 __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int GE = kcu__ge(TYPE, true), R = 4, U = 2, NC = GE / 4;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
     const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
-    const uint32_t n_groups = (uint32_t)(w.n_in / GE), nb = (uint32_t)(w.n_in / 32);
+    const uint32_t n_groups = (uint32_t)(w.n_in / GE);
     float acc[R][NT];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -166,16 +134,7 @@ __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restr
             for (int r = 0; r < R; r++) {
                 const uint32_t g = g0 + blockDim.x * u;
                 q[u][r] = make_uint4(0, 0, 0, 0), sb[u][r] = 0;
-                if (g < n_groups && r < nr) {
-                    const uint64_t row = row0 + r;
-                    q[u][r] = __ldcs(reinterpret_cast<const uint4 *>(w.q + row * w.row_bytes) + g);
-                    if constexpr (TYPE == KERN_TYPE_Q8_0)
-                        sb[u][r] = __ldcs(reinterpret_cast<const unsigned short *>(w.s) + row * nb + g / 2);
-                    else if constexpr (TYPE == KERN_TYPE_Q4_0)
-                        sb[u][r] = __ldcs(reinterpret_cast<const unsigned short *>(w.s) + row * nb + g);
-                    else if constexpr (TYPE == KERN_TYPE_Q4_1)
-                        sb[u][r] = __ldcs(reinterpret_cast<const unsigned int *>(w.s) + row * nb + g);
-                }
+                if (g < n_groups && r < nr) kcu__raw_load<TYPE>(w, row0 + r, g, q[u][r], sb[u][r]);
             }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -294,9 +253,7 @@ static unsigned gemv_threads(uint64_t n_groups) {
 
 template <int TYPE, bool VEC, int NT>
 static void gemv_launch(const kcu__w &v, const float *X, float *Y, int n_tok, int add, cudaStream_t st) {
-    constexpr bool RAW = VEC && (TYPE == KERN_TYPE_F32 || TYPE == KERN_TYPE_F16 || TYPE == KERN_TYPE_BF16 ||
-                                 TYPE == KERN_TYPE_Q8_0 || TYPE == KERN_TYPE_Q4_0 || TYPE == KERN_TYPE_Q4_1);
-    if constexpr (RAW) {
+    if constexpr (kcu__raw_type(TYPE, VEC)) {
         k_gemv_raw<TYPE, NT><<<kcu__blocks((size_t)v.n_out, 4), gemv_threads(v.n_in / kcu__ge(TYPE, VEC) / 2), 0, st>>>(
             v, X, Y, n_tok, add);
     } else if constexpr (TYPE == KERN_TYPE_Q4_K || TYPE == KERN_TYPE_Q5_K) {
