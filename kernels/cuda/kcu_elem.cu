@@ -53,71 +53,13 @@ __global__ void __launch_bounds__(128) k_dequant(kcu__w w, const int32_t *rows, 
     }
 }
 
-/* Bits of 2 converted values, low one first (for 8-byte stores of 4 f16/bf16 values). */
-template <typename OT> __device__ __forceinline__ uint32_t kcu_bits(OT v);
-template <> __device__ __forceinline__ uint32_t kcu_bits<__half>(__half v) { return __half_as_ushort(v); }
-template <> __device__ __forceinline__ uint32_t kcu_bits<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
-
-/* The raw types (kcu__raw_type): each thread loads U groups before decoding any (as the GEMV
- * does), then writes 4 values at a time (one 16-byte store of f32, one 8-byte store of f16/bf16). */
-template <int TYPE, typename OT>
-__global__ void __launch_bounds__(128) k_dequant_raw(kcu__w w, const int32_t *rows, uint64_t row0, uint64_t n_rows, OT *out) {
-    constexpr int GE = kcu__ge(TYPE, true), NC = GE / 4, U = 4;
-    const uint32_t groups = (uint32_t)(w.n_in / GE);
-    const bool vst = (w.n_in * sizeof(OT)) % 16 == 0 && ((uintptr_t)out & 15) == 0;
-    for (uint64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
-        OT *orow = out + r * w.n_in;
-        const int64_t src = rows ? (int64_t)rows[r] : (int64_t)(row0 + r);
-        const bool valid = src >= 0 && (uint64_t)src < w.n_out;
-        for (uint32_t g0 = threadIdx.x; g0 < groups; g0 += blockDim.x * U) {
-            uint4 q[U];
-            uint32_t sb[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const uint32_t g = g0 + blockDim.x * u;
-                q[u] = make_uint4(0, 0, 0, 0), sb[u] = 0;
-                if (g < groups && valid) kcu__raw_load<TYPE>(w, (uint64_t)src, g, q[u], sb[u]);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const uint32_t g = g0 + blockDim.x * u;
-                if (g >= groups) break;
-#pragma unroll
-                for (int j = 0; j < NC; j++) {
-                    float e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    if (valid) kcu__chunk<TYPE>(q[u], sb[u], j, e);
-                    OT *o = orow + (size_t)g * GE + 4 * j;
-                    if (vst) {
-                        if constexpr (sizeof(OT) == 4) {
-                            *reinterpret_cast<float4 *>(o) = make_float4(e[0], e[1], e[2], e[3]);
-                        } else {
-                            uint2 p;
-                            p.x = kcu_bits(kcu_cvt<OT>(e[0])) | kcu_bits(kcu_cvt<OT>(e[1])) << 16;
-                            p.y = kcu_bits(kcu_cvt<OT>(e[2])) | kcu_bits(kcu_cvt<OT>(e[3])) << 16;
-                            *reinterpret_cast<uint2 *>(o) = p;
-                        }
-                    } else {
-#pragma unroll
-                        for (int i = 0; i < 4; i++) o[i] = kcu_cvt<OT>(e[i]);
-                    }
-                }
-            }
-        }
-    }
-}
-
 template <typename OT>
 static int dequant_launch(const kcu_weight *w, const int32_t *rows, uint64_t row0, uint64_t n_rows, OT *out,
                           cudaStream_t st) {
     kcu__w v = kcu__view(w);
     return kcu__dispatch(w->type, w->n_in, [&]<int TYPE, bool VEC>() -> int {
         unsigned g = n_rows > (1u << 20) ? (1u << 20) : (unsigned)n_rows;
-        if constexpr (kcu__raw_type(TYPE, VEC)) {
-            const uint64_t per = w->n_in / kcu__ge(TYPE, VEC) / 4; /* groups per row / U */
-            k_dequant_raw<TYPE, OT><<<g, per >= 96 ? 128 : per > 32 ? 64 : 32, 0, st>>>(v, rows, row0, n_rows, out);
-        } else {
-            k_dequant<TYPE, VEC, OT><<<g, 128, 0, st>>>(v, rows, row0, n_rows, out);
-        }
+        k_dequant<TYPE, VEC, OT><<<g, 128, 0, st>>>(v, rows, row0, n_rows, out);
         KCU_LAUNCHED("dequant");
         return 0;
     });
