@@ -1,23 +1,305 @@
 /* CUDA attention over the paged f16 KV cache (layout K[block][slot][kv_head][head_dim], as the
- * CPU's kern_attn_paged reads it).
+ * CPU's kern_attn_paged reads it). Two kernels: k_attn_dec for decode (one query per sequence:
+ * memory-bound, it has to stream the cache at close to HBM speed) and k_attn_pre for prefill tiles.
  *
- * k_attn<QT, KT>: one block of 128 threads per (tile of up to QT query tokens of one sequence,
- * head, key split). It walks the split's keys in tiles of KT: K and V rows are gathered from
- * their physical blocks into shared memory (f16, K rows padded by 2 halves so that threads
- * reading different keys hit different banks), scores q.k * scale for every (query, key) with
- * the causal mask (key position <= query position), then an online softmax per query (running
- * max m and sum l; old output rescaled by exp(m_old - m_new)) and the P.V update of the f32
- * output held in shared memory. With one split the output is normalised and written in place;
- * with several, the unnormalised output and (m, l) go to scratch and k_attn_merge combines them
- * with a log-sum-exp. Decode uses <1, 64> with splits; prefill <KCU_ATTN_QT, 32>, one split.
- * Shared memory per block (floats/halves): Qs QT*hd f32, O QT*hd f32, S QT*KT f32, m/l/alpha
- * 3*QT f32, Ks KT*(hd+2) f16, Vs KT*hd f16: 35 KB for the prefill tile at hd 128; above 48 KB
- * (hd 256) the launcher opts in to more. */
+ * Decode, k_attn_dec<L, W, GC>: one block of 128 threads per (tile, kv head, chunk of GC <= 4 of
+ * that kv head's q heads, key split).
+ *  - GQA: the block computes all the heads of its chunk, so each K/V row is read once per step
+ *    instead of once per q head. Larger groups are cut into chunks (16 -> 4 x 4, 6 -> 3 + 3); the
+ *    blocks of a kv head's chunks read the same rows, the second time mostly from L2.
+ *  - Lanes split a row: a sub-warp of L lanes (8, 16, 32 for head_dim up to 64, 128, 256) takes one
+ *    key; each lane holds 8 halves of its K row and of its V row: one 16-byte load each (W = 8)
+ *    when rows are 16-byte aligned (head_dim % 8 == 0 and aligned caches), else four 4-byte loads
+ *    (W = 2, L = 32). A sub-warp takes U = dec_u(W) keys per round (keys base + u*NSUB + sub-warp,
+ *    so that a short split still spreads over all sub-warps) and issues its 2*U loads before
+ *    using any: 256 bytes in flight per lane. The slots of the next round's keys (block table
+ *    loads, page found with a multiply-shift instead of a division) are fetched one round ahead,
+ *    one key per lane, and handed out with shuffles.
+ *  - Scores: q is held in registers (the lane's 8 dims of each head, rounded to f16 as the CPU
+ *    does, times scale*log2(e)); partial dot products over the lane's dims are summed over the
+ *    sub-warp with xor shuffles, so every lane has every score of the round.
+ *  - Online softmax per head in log2 units (exp2f): running max m and sum l; the f32 output
+ *    accumulators (8 dims x GC heads per lane, registers) are rescaled once per round, then the
+ *    round's p*V is added. Scores, softmax and accumulation are f32.
+ *  - End: the sub-warps' (m, l, O) meet in shared memory (comb: 1024*GC floats, 16 KB at GC = 4,
+ *    whatever head_dim) and the block writes the normalised output when it has the whole context
+ *    (one split), else a partial (O, m, l) per head that k_attn_merge combines with a log-sum-exp
+ *    (an empty split writes O = 0, m = -inf, l = 0 and gets weight 0).
+ *  - Split count (dec_splits): a block's time hardly depends on how many of a round's keys are
+ *    valid, so splits hold whole rounds; as many splits as fill one wave of resident blocks (SMs x
+ *    blocks per SM from the occupancy calculator), at most DEC_MAX_KEYS keys each once the GPU is
+ *    full anyway, at most KCU_ATTN_MAX_SPLITS and what the scratch holds (none: one split).
+ *  Registers (sm_90, CUDA 13): 168 for L = 16 at GC = 4 (3 blocks per SM), 187 for L = 32 at GC = 4
+ *  (2 blocks per SM), less for fewer heads; no spills.
+ *
+ * Prefill, k_attn_pre<QT, KT>: one block of 128 threads per (tile of up to QT query tokens of one
+ * sequence, head). It walks the keys in tiles of KT: K and V rows are gathered from their physical
+ * blocks into shared memory (f16, K rows padded by 2 halves so that threads reading different
+ * keys hit different banks), scores q.k * scale for every (query, key) with the causal mask (key
+ * position <= query position), then an online softmax per query (running max m and sum l; old
+ * output rescaled by exp(m_old - m_new)) and the P.V update of the f32 output held in shared
+ * memory, normalised at the end. Shared memory per block (floats/halves): Qs QT*hd f32, O QT*hd
+ * f32, S QT*KT f32, m/l/alpha 3*QT f32, Ks KT*(hd+2) f16, Vs KT*hd f16: 35 KB for the prefill
+ * tile at hd 128; above 48 KB (hd 256) the launcher opts in to more. */
 #include <math.h>
 
 #include "kernels/cuda/kcu_internal.cuh"
 
 #define KCU_ATTN_THREADS 128
+#define ATTN_LOG2E 1.4426950408889634f
+
+/* ------------------------------------------------------------------------------------------ */
+/* Decode                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+#define DEC_THREADS 128
+#define DEC_GC_MAX 4     /* q heads per block; larger groups are cut into chunks */
+#define DEC_MAX_KEYS 256 /* most keys per split even when the GPU is already full */
+
+/* Keys per sub-warp per round (2x that many loads in flight per lane): 8 with 16-byte loads, 4 with
+ * the four 4-byte loads per row of the fallback. A block's round covers (128 / L) * dec_u(W) keys. */
+__host__ __device__ constexpr int dec_u(int w) { return w == 8 ? 8 : 4; }
+
+/* Everything k_attn_dec reads; one split when n_splits == 1 (part unused). */
+struct dec_args {
+    const __half *k, *v;           /* (n_slots, n_kv_head, hd) f16 each */
+    const int32_t *bt;             /* concatenated block tables */
+    const float *q;                /* (T, n_head*hd) */
+    float *out;                    /* (T, n_head*hd) */
+    float *part;                   /* (n_tiles, n_head, n_splits, hd + 2): O, m (log2 units), l */
+    const kcu_attn_tile *tiles;    /* (n_tiles) one-token tiles */
+    int n_head, group, n_chunks;   /* group = n_head / n_kv_head; n_chunks * GC >= group */
+    int hd, bs, kv_row;            /* head_dim, block_size, n_kv_head * head_dim */
+    int n_splits, kps;             /* split s holds keys [s*kps, (s+1)*kps), the last one the rest */
+    uint32_t bs_mul;               /* p / bs == (umulhi(p, bs_mul) + p) >> bs_shift for 0 <= p < 2^31 */
+    int bs_shift;
+    float qscale;                  /* scale * log2(e) */
+};
+
+/* Page (block table index) of key p. */
+__device__ __forceinline__ int dec_page(int p, const dec_args &a) {
+    return (int)((__umulhi((uint32_t)p, a.bs_mul) + (uint32_t)p) >> a.bs_shift);
+}
+
+/* The lane's 8 halves of a K or V row as 4 half2 words: word i holds dims (c*L + sub)*W + j of
+ * chunk c = 2i/W, j = 2i%W and +1. Zeros for a key past the split or dims past hd. */
+template <int L, int W>
+__device__ __forceinline__ void dec_load(const __half *row, uint32_t w[4], bool valid, int hd, int sub) {
+    if constexpr (W == 8) {
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (valid && sub * 8 < hd) x = __ldg(reinterpret_cast<const uint4 *>(row + sub * 8));
+        w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+    } else {
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int d0 = (c * L + sub) * 2;
+            w[c] = (valid && d0 < hd) ? __ldg(reinterpret_cast<const unsigned int *>(row + d0)) : 0u;
+        }
+    }
+}
+
+__device__ __forceinline__ void dec_unpack(const uint32_t w[4], float f[8]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) f[2 * i] = kcu__h2f(w[i]), f[2 * i + 1] = kcu__h2f(w[i] >> 16);
+}
+
+template <int L, int W, int GC>
+__global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
+    constexpr int NSUB = DEC_THREADS / L; /* sub-warps: keys in flight per load step */
+    constexpr int DW = 8 * L;             /* row width the L lanes cover (>= hd) */
+    constexpr int U = dec_u(W), STEP = NSUB * U;
+    static_assert(W == 8 || (W == 2 && L == 32), "lanes hold 8 halves: one 16-byte or four 4-byte chunks");
+    /* per sub-warp partial output, then its max/sum, then the merge weights */
+    __shared__ __align__(16) float comb[NSUB * GC * DW];
+    __shared__ float sm_m[NSUB * GC], sm_l[NSUB * GC], wgt[NSUB * GC], fin_m[GC], fin_l[GC];
+
+    const int tid = threadIdx.x, sw = tid / L, sub = tid % L, hd = a.hd;
+    const kcu_attn_tile tl = a.tiles[blockIdx.x];
+    const int kvh = blockIdx.y / a.n_chunks, chunk = blockIdx.y % a.n_chunks;
+    const int h0 = kvh * a.group + chunk * GC, ng = min(GC, a.group - chunk * GC);
+    const int split = blockIdx.z, n_keys = tl.pos0 + 1; /* the query at pos0 sees keys [0, pos0] */
+    const int k_begin = split * a.kps;
+    const int k_end = split == a.n_splits - 1 ? n_keys : min(n_keys, k_begin + a.kps);
+    const int32_t *bt = a.bt + tl.bt_off;
+    const size_t kv_off = (size_t)kvh * hd;
+
+    /* Slots of a round's keys: lane sub < U of a sub-warp finds the slot of the sub-warp's key u =
+     * sub (block table entry pgx, offset in the page remx), one round ahead so that the table load
+     * overlaps the previous round; the sub-warp reads them with shuffles. First round here: its
+     * table loads overlap the q loads below. */
+    int pgx = 0, remx = 0;
+    if (sub < U && k_begin + sub * NSUB + sw < k_end) {
+        const int p = k_begin + sub * NSUB + sw, blk = dec_page(p, a);
+        pgx = bt[blk], remx = p - blk * a.bs;
+    }
+    const int lane0 = (tid & 31) & ~(L - 1); /* first lane of the sub-warp */
+    /* q of the chunk's heads, the lane's 8 dims, rounded to f16 as the CPU does with an f16 cache */
+    float qf[GC][8];
+    const float *qrow = a.q + (size_t)tl.t0 * a.n_head * hd + (size_t)h0 * hd;
+#pragma unroll
+    for (int g = 0; g < GC; g++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int d = ((e / W) * L + sub) * W + e % W;
+            float x = 0.0f;
+            if (g < ng && d < hd) x = __half2float(__float2half(qrow[(size_t)g * hd + d])) * a.qscale;
+            qf[g][e] = x;
+        }
+
+    float o[GC][8], m[GC], l[GC];
+#pragma unroll
+    for (int g = 0; g < GC; g++) {
+        m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[g][e] = 0.0f;
+    }
+
+    for (int base = k_begin; base < k_end; base += STEP) { /* block-uniform trip count */
+        uint32_t kw[U][4], vw[U][4];
+        bool valid[U];
+        const int my_slot = pgx * a.bs + remx;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int slot = __shfl_sync(0xffffffffu, my_slot, lane0 + u);
+            valid[u] = base + u * NSUB + sw < k_end;
+            const size_t row = (size_t)slot * a.kv_row + kv_off;
+            dec_load<L, W>(a.k + row, kw[u], valid[u], hd, sub);
+            dec_load<L, W>(a.v + row, vw[u], valid[u], hd, sub);
+        }
+        /* next round's slots, in flight while this round is computed */
+        pgx = 0, remx = 0;
+        if (sub < U && base + STEP + sub * NSUB + sw < k_end) {
+            const int p = base + STEP + sub * NSUB + sw, blk = dec_page(p, a);
+            pgx = bt[blk], remx = p - blk * a.bs;
+        }
+        /* scores in log2 units: partial dot products over the lane's dims, then over the sub-warp */
+        float s[U][GC];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8];
+            dec_unpack(kw[u], kf);
+#pragma unroll
+            for (int g = 0; g < GC; g++) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc = fmaf(qf[g][e], kf[e], acc);
+                s[u][g] = acc;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int g = 0; g < GC; g++)
+#pragma unroll
+                for (int x = L / 2; x > 0; x >>= 1) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], x);
+        /* online softmax: one rescale of O per round; s becomes p */
+#pragma unroll
+        for (int g = 0; g < GC; g++) {
+            float mx = m[g];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (valid[u]) mx = fmaxf(mx, s[u][g]);
+            /* mx == -inf only while the sub-warp has seen no key: then O and l are 0 */
+            const float alpha = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - mx);
+            float sum = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const float p = valid[u] ? exp2f(s[u][g] - mx) : 0.0f;
+                s[u][g] = p;
+                sum += p;
+            }
+            l[g] = l[g] * alpha + sum;
+            m[g] = mx;
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[g][e] *= alpha;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[8];
+            dec_unpack(vw[u], vf);
+#pragma unroll
+            for (int g = 0; g < GC; g++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) o[g][e] = fmaf(s[u][g], vf[e], o[g][e]);
+        }
+    }
+
+    /* merge the sub-warps: (m, l, O) to shared memory (each sub-warp its own rows) */
+#pragma unroll
+    for (int g = 0; g < GC; g++) {
+        float *dst = comb + (sw * GC + g) * DW;
+        if constexpr (W == 8) {
+            reinterpret_cast<float4 *>(dst + sub * 8)[0] = make_float4(o[g][0], o[g][1], o[g][2], o[g][3]);
+            reinterpret_cast<float4 *>(dst + sub * 8)[1] = make_float4(o[g][4], o[g][5], o[g][6], o[g][7]);
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                *reinterpret_cast<float2 *>(dst + (c * L + sub) * 2) = make_float2(o[g][2 * c], o[g][2 * c + 1]);
+        }
+        if (sub == 0) sm_m[sw * GC + g] = m[g], sm_l[sw * GC + g] = l[g];
+    }
+    __syncthreads();
+    if (tid < GC) { /* per head: the block's max, sum and the sub-warps' weights */
+        const int g = tid;
+        float mx = -INFINITY, den = 0.0f;
+        for (int i = 0; i < NSUB; i++) mx = fmaxf(mx, sm_m[i * GC + g]);
+        for (int i = 0; i < NSUB; i++) {
+            const float mi = sm_m[i * GC + g], e = mi == -INFINITY ? 0.0f : exp2f(mi - mx);
+            wgt[i * GC + g] = e;
+            den += e * sm_l[i * GC + g];
+        }
+        if (a.n_splits == 1) { /* normalised output; den > 0 since the block saw key 0 */
+            const float r = den > 0.0f ? 1.0f / den : 0.0f;
+            for (int i = 0; i < NSUB; i++) wgt[i * GC + g] *= r;
+        }
+        fin_m[g] = mx, fin_l[g] = den;
+    }
+    __syncthreads();
+    for (int g = 0; g < ng; g++) {
+        const int h = h0 + g;
+        float *dst = a.n_splits == 1
+                         ? a.out + (size_t)tl.t0 * a.n_head * hd + (size_t)h * hd
+                         : a.part + (((size_t)blockIdx.x * a.n_head + h) * a.n_splits + split) * (size_t)(hd + 2);
+        for (int d = tid; d < hd; d += DEC_THREADS) {
+            float acc = 0.0f;
+#pragma unroll 4
+            for (int i = 0; i < NSUB; i++) acc = fmaf(wgt[i * GC + g], comb[(i * GC + g) * DW + d], acc);
+            dst[d] = acc;
+        }
+        if (a.n_splits > 1 && tid == 0) dst[hd] = fin_m[g], dst[hd + 1] = fin_l[g];
+    }
+}
+
+/* out row of (tile, head) = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over the splits. */
+__global__ void __launch_bounds__(128)
+    k_attn_merge(float *out, const kcu_attn_tile *tiles, const float *part, int n_head, int hd, int n_splits) {
+    __shared__ float w[KCU_ATTN_MAX_SPLITS];
+    const int h = blockIdx.y, tid = threadIdx.x;
+    const size_t stride = (size_t)hd + 2;
+    const float *pp = part + ((size_t)blockIdx.x * n_head + h) * n_splits * stride;
+    if (tid < 32) { /* one warp: the splits' weights (n_splits <= 32) */
+        float ms = -INFINITY, ls = 0.0f;
+        if (tid < n_splits) ms = pp[tid * stride + hd], ls = pp[tid * stride + hd + 1];
+        float mx = ms;
+        for (int x = 16; x > 0; x >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+        const float e = ms == -INFINITY ? 0.0f : exp2f(ms - mx); /* an empty split has O = 0, l = 0 */
+        float den = e * ls;
+        for (int x = 16; x > 0; x >>= 1) den += __shfl_xor_sync(0xffffffffu, den, x);
+        w[tid] = den > 0.0f ? e / den : 0.0f;
+    }
+    __syncthreads();
+    float *dst = out + (size_t)tiles[blockIdx.x].t0 * n_head * hd + (size_t)h * hd;
+    for (int d = tid; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < n_splits; s++) acc = fmaf(w[s], pp[s * stride + d], acc);
+        dst[d] = acc;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Prefill                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
 
 struct attn_dev {
     const __half *k, *v;
@@ -32,18 +314,16 @@ static size_t attn_smem(int qt, int kt, int hd) {
 
 template <int QT, int KT>
 __global__ void __launch_bounds__(KCU_ATTN_THREADS)
-    k_attn(float *out, const float *q, attn_dev a, const kcu_attn_tile *tiles, int keys_per_split, int n_splits, float *part) {
+    k_attn_pre(float *out, const float *q, attn_dev a, const kcu_attn_tile *tiles) {
     extern __shared__ float4 smem4[]; /* float4: 16-byte alignment of the base */
     float *smem = reinterpret_cast<float *>(smem4);
     const int hd = a.hd, tid = threadIdx.x, hs = hd + 2; /* hs: padded K row, in halves */
     float *Qs = smem, *O = Qs + QT * hd, *S = O + QT * hd, *M = S + QT * KT, *L = M + QT, *AL = L + QT;
     __half *Ks = reinterpret_cast<__half *>(AL + QT), *Vs = Ks + KT * hs;
     const kcu_attn_tile tl = tiles[blockIdx.x];
-    const int h = blockIdx.y, split = blockIdx.z, kvh = h / a.group;
+    const int h = blockIdx.y, kvh = h / a.group;
     const size_t q_stride = (size_t)a.n_head * hd;
     const int n_keys = tl.pos0 + tl.n_q; /* keys seen by the tile's last query */
-    const int k_begin = split * keys_per_split;
-    const int k_end = min(n_keys, k_begin + keys_per_split);
     for (int i = tid; i < QT * hd; i += blockDim.x) {
         int qi = i / hd, d = i % hd;
         float v = 0.0f;
@@ -54,8 +334,8 @@ __global__ void __launch_bounds__(KCU_ATTN_THREADS)
     if (tid < QT) M[tid] = -INFINITY, L[tid] = 0.0f;
     __syncthreads();
     const int hd2 = hd / 2;
-    for (int kb = k_begin; kb < k_end; kb += KT) {
-        const int nk = min(KT, k_end - kb);
+    for (int kb = 0; kb < n_keys; kb += KT) {
+        const int nk = min(KT, n_keys - kb);
         /* gather K/V rows of keys kb .. kb+nk-1 (half2 granularity: hd even, rows 4-byte aligned) */
         for (int i = tid; i < KT * hd2; i += blockDim.x) {
             int kk = i / hd2, d2 = i % hd2;
@@ -124,38 +404,14 @@ __global__ void __launch_bounds__(KCU_ATTN_THREADS)
     for (int i = tid; i < QT * hd; i += blockDim.x) {
         int qi = i / hd, d = i % hd;
         if (qi >= tl.n_q) continue;
-        if (n_splits == 1) {
-            float l = L[qi];
-            out[(size_t)(tl.t0 + qi) * q_stride + (size_t)h * hd + d] = l > 0.0f ? O[i] / l : 0.0f;
-        } else { /* QT == 1 here */
-            float *pp = part + (((size_t)blockIdx.x * a.n_head + h) * n_splits + split) * (size_t)(hd + 2);
-            pp[d] = O[i];
-            if (d == 0) pp[hd] = M[qi], pp[hd + 1] = L[qi];
-        }
+        float l = L[qi];
+        out[(size_t)(tl.t0 + qi) * q_stride + (size_t)h * hd + d] = l > 0.0f ? O[i] / l : 0.0f;
     }
 }
 
-/* out row of (tile, head) = sum_s e^(m_s - M) O_s / sum_s e^(m_s - M) l_s. */
-__global__ void k_attn_merge(float *out, const kcu_attn_tile *tiles, const float *part, int n_head, int hd, int n_splits) {
-    const int h = blockIdx.y;
-    const kcu_attn_tile tl = tiles[blockIdx.x];
-    const float *pp = part + ((size_t)blockIdx.x * n_head + h) * n_splits * (size_t)(hd + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < n_splits; s++) mx = fmaxf(mx, pp[(size_t)s * (hd + 2) + hd]);
-    float den = 0.0f;
-    for (int s = 0; s < n_splits; s++) {
-        float m = pp[(size_t)s * (hd + 2) + hd];
-        if (m != -INFINITY) den += expf(m - mx) * pp[(size_t)s * (hd + 2) + hd + 1];
-    }
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float num = 0.0f;
-        for (int s = 0; s < n_splits; s++) {
-            float m = pp[(size_t)s * (hd + 2) + hd];
-            if (m != -INFINITY) num += expf(m - mx) * pp[(size_t)s * (hd + 2) + d];
-        }
-        out[(size_t)tl.t0 * n_head * hd + (size_t)h * hd + d] = den > 0.0f ? num / den : 0.0f;
-    }
-}
+/* ------------------------------------------------------------------------------------------ */
+/* Host side                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
 
 static int check_args(const kcu_attn_args *a, const void *out, const void *q, const void *tiles, int n_tiles,
                       const char *what) {
@@ -165,6 +421,8 @@ static int check_args(const kcu_attn_args *a, const void *out, const void *q, co
         return kcu__fail(KCU_ERR_INVALID, "%s: bad shape (%d tiles, %d heads, %d kv heads, head_dim %d (even, <= %d), block %d)",
                          what, n_tiles, a ? a->n_head : 0, a ? a->n_kv_head : 0, a ? a->head_dim : 0,
                          KCU_ATTN_MAX_HEAD_DIM, a ? a->block_size : 0);
+    if (((uintptr_t)a->k_d | (uintptr_t)a->v_d) % 4)
+        return kcu__fail(KCU_ERR_INVALID, "%s: K/V caches not 4-byte aligned", what);
     return 0;
 }
 
@@ -182,28 +440,97 @@ static attn_dev to_dev(const kcu_attn_args *a) {
     return d;
 }
 
-/* Launches k_attn<QT, KT>, opting in to more than 48 KB of shared memory when needed. */
-template <int QT, int KT>
-static int attn_launch(float *out, const float *q, const kcu_attn_args *a, const kcu_attn_tile *tiles, int n_tiles,
-                       int keys_per_split, int n_splits, float *part, cudaStream_t st) {
-    size_t smem = attn_smem(QT, KT, a->head_dim);
-    static thread_local size_t opted = 48 * 1024;
-    if (smem > opted) {
-        KCU_TRY(cudaFuncSetAttribute(k_attn<QT, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                "attention: shared memory opt-in");
-        opted = smem;
+typedef void (*dec_kernel)(dec_args);
+
+struct dec_pick_t {
+    dec_kernel fn;
+    int step; /* keys per block per round */
+};
+
+template <int L, int W>
+static dec_pick_t dec_pick_gc(int gc) {
+    const int step = DEC_THREADS / L * dec_u(W);
+    switch (gc) {
+    case 1: return {k_attn_dec<L, W, 1>, step};
+    case 2: return {k_attn_dec<L, W, 2>, step};
+    case 3: return {k_attn_dec<L, W, 3>, step};
+    default: return {k_attn_dec<L, W, 4>, step};
     }
-    dim3 grid((unsigned)n_tiles, (unsigned)a->n_head, (unsigned)n_splits);
-    k_attn<QT, KT><<<grid, KCU_ATTN_THREADS, smem, st>>>(out, q, to_dev(a), tiles, keys_per_split, n_splits, part);
-    KCU_LAUNCHED("attention");
-    return 0;
 }
 
-#define DECODE_KT 64
-#define DECODE_MIN_KEYS 256 /* fewest keys worth a split of their own */
+/* The decode kernel for this head_dim, alignment and heads per block (gc <= DEC_GC_MAX). */
+static dec_pick_t dec_pick(int hd, bool vec16, int gc) {
+    if (!vec16) return dec_pick_gc<32, 2>(gc);
+    if (hd <= 64) return dec_pick_gc<8, 8>(gc);
+    if (hd <= 128) return dec_pick_gc<16, 8>(gc);
+    return dec_pick_gc<32, 8>(gc);
+}
+
+/* Blocks of k that fit in one wave on the current device (SMs x resident blocks per SM), cached per
+ * host thread since the device and the kernels rarely change. */
+static int dec_wave(dec_kernel k) {
+    static thread_local int dev_cached = -1, sms = 0;
+    static thread_local struct {
+        dec_kernel k;
+        int per_sm;
+    } occ[32];
+    static thread_local int n_occ = 0;
+    int dev;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (dev != dev_cached) {
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 0;
+        dev_cached = dev, n_occ = 0;
+    }
+    for (int i = 0; i < n_occ; i++)
+        if (occ[i].k == k) return sms * occ[i].per_sm;
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, DEC_THREADS, 0) != cudaSuccess) per_sm = 1;
+    if (n_occ < 32) occ[n_occ].k = k, occ[n_occ].per_sm = per_sm, n_occ++;
+    return sms * per_sm;
+}
+
+/* Split count. A block's cost is about the same for any number of keys up to one round (step), and
+ * beyond that grows by rounds, so splits hold whole rounds: enough splits to fill one wave of
+ * blocks, but none shorter than a round; at most DEC_MAX_KEYS keys when the GPU is full anyway;
+ * at most KCU_ATTN_MAX_SPLITS and what the scratch holds. Sets *kps (keys per split, a multiple of
+ * step). */
+static int dec_splits(size_t blocks, int wave, int max_keys, size_t by_scratch, int step, int *kps) {
+    size_t n = wave > 0 && blocks < (size_t)wave ? (size_t)wave / blocks : 1;
+    const size_t by_len = ((size_t)max_keys + DEC_MAX_KEYS - 1) / DEC_MAX_KEYS;
+    const size_t most = ((size_t)max_keys + step - 1) / step;
+    if (n < by_len) n = by_len;
+    if (n > most) n = most;
+    if (n > KCU_ATTN_MAX_SPLITS) n = KCU_ATTN_MAX_SPLITS;
+    if (n > by_scratch) n = by_scratch;
+    if (n < 1) n = 1;
+    int k = (int)(((size_t)max_keys + n - 1) / n);
+    k = (k + step - 1) / step * step;
+    *kps = k;
+    return (max_keys + k - 1) / k;
+}
 
 extern "C" size_t kcu_attn_decode_scratch_floats(int n_tiles, int n_head, int head_dim) {
     return (size_t)n_tiles * n_head * KCU_ATTN_MAX_SPLITS * (size_t)(head_dim + 2);
+}
+
+/* The decode kernel's arguments for n_tiles tiles, all but the split count; *gc: q heads per block
+ * (chunks of a group of 6 are 3 + 3, of 7 are 4 + 3). Host only, no CUDA calls. */
+static dec_pick_t dec_setup(dec_args *d, const kcu_attn_args *a, const float *q, float *out, const kcu_attn_tile *tiles,
+                            float *scratch) {
+    d->k = (const __half *)a->k_d, d->v = (const __half *)a->v_d;
+    d->bt = a->block_tables_d, d->q = q, d->out = out, d->part = scratch, d->tiles = tiles;
+    d->n_head = a->n_head, d->group = a->n_head / a->n_kv_head;
+    d->n_chunks = (d->group + DEC_GC_MAX - 1) / DEC_GC_MAX;
+    const int gc = (d->group + d->n_chunks - 1) / d->n_chunks;
+    d->hd = a->head_dim, d->bs = a->block_size, d->kv_row = a->n_kv_head * a->head_dim;
+    int shift = 0;
+    while ((1u << shift) < (uint32_t)d->bs) shift++; /* ceil(log2 bs) */
+    d->bs_shift = shift;
+    d->bs_mul = (uint32_t)((((uint64_t)1 << 32) * (((uint64_t)1 << shift) - (uint64_t)d->bs)) / (uint64_t)d->bs + 1);
+    d->qscale = a->scale * ATTN_LOG2E;
+    d->n_splits = 1, d->kps = 0;
+    const bool vec16 = d->hd % 8 == 0 && ((uintptr_t)a->k_d | (uintptr_t)a->v_d) % 16 == 0;
+    return dec_pick(d->hd, vec16, gc);
 }
 
 extern "C" int kcu_attn_decode(float *out, const float *q, const kcu_attn_args *a, const kcu_attn_tile *tiles, int n_tiles,
@@ -212,23 +539,19 @@ extern "C" int kcu_attn_decode(float *out, const float *q, const kcu_attn_args *
     if (rc) return rc;
     if (max_keys < 1) return kcu__fail(KCU_ERR_INVALID, "kcu_attn_decode: max_keys %d", max_keys);
     if (n_tiles == 0) return 0;
-    /* splits: enough blocks to fill the GPU (~512), each at least DECODE_MIN_KEYS keys, within scratch */
-    size_t per_split = (size_t)n_tiles * a->n_head * (a->head_dim + 2);
-    int want = (int)((512 + (size_t)n_tiles * a->n_head - 1) / ((size_t)n_tiles * a->n_head));
-    int by_keys = (max_keys + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
-    int by_scratch = scratch ? (int)(scratch_floats / per_split) : 1;
-    int n_splits = want < by_keys ? want : by_keys;
-    if (n_splits > by_scratch) n_splits = by_scratch;
-    if (n_splits > KCU_ATTN_MAX_SPLITS) n_splits = KCU_ATTN_MAX_SPLITS;
-    if (n_splits < 1) n_splits = 1;
-    int kps = (max_keys + n_splits - 1) / n_splits;
-    kps = (kps + DECODE_KT - 1) / DECODE_KT * DECODE_KT;
-    n_splits = (max_keys + kps - 1) / kps;
-    if ((rc = attn_launch<1, DECODE_KT>(out, q, a, tiles, n_tiles, kps, n_splits, scratch, st))) return rc;
-    if (n_splits > 1) {
-        dim3 grid((unsigned)n_tiles, (unsigned)a->n_head);
-        k_attn_merge<<<grid, 128, 0, st>>>(out, tiles, scratch, a->n_head, a->head_dim, n_splits);
-        KCU_LAUNCHED("attention merge");
+    dec_args d;
+    const dec_pick_t k = dec_setup(&d, a, q, out, tiles, scratch);
+    const size_t blocks = (size_t)n_tiles * a->n_kv_head * d.n_chunks;
+    const size_t per_split = (size_t)n_tiles * a->n_head * (d.hd + 2);
+    const size_t by_scratch = scratch ? scratch_floats / per_split : 1;
+    d.n_splits = dec_splits(blocks, dec_wave(k.fn), max_keys, by_scratch, k.step, &d.kps);
+    dim3 grid((unsigned)n_tiles, (unsigned)(a->n_kv_head * d.n_chunks), (unsigned)d.n_splits);
+    k.fn<<<grid, DEC_THREADS, 0, st>>>(d);
+    KCU_LAUNCHED("decode attention");
+    if (d.n_splits > 1) {
+        dim3 mgrid((unsigned)n_tiles, (unsigned)a->n_head);
+        k_attn_merge<<<mgrid, 128, 0, st>>>(out, tiles, scratch, a->n_head, d.hd, d.n_splits);
+        KCU_LAUNCHED("decode attention merge");
     }
     return 0;
 }
@@ -238,5 +561,16 @@ extern "C" int kcu_attn_prefill(float *out, const float *q, const kcu_attn_args 
     int rc = check_args(a, out, q, tiles, n_tiles, "kcu_attn_prefill");
     if (rc) return rc;
     if (n_tiles == 0) return 0;
-    return attn_launch<KCU_ATTN_QT, 32>(out, q, a, tiles, n_tiles, 0x7fffffff, 1, NULL, st);
+    constexpr int QT = KCU_ATTN_QT, KT = 32;
+    size_t smem = attn_smem(QT, KT, a->head_dim);
+    static thread_local size_t opted = 48 * 1024;
+    if (smem > opted) {
+        KCU_TRY(cudaFuncSetAttribute(k_attn_pre<QT, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                "attention: shared memory opt-in");
+        opted = smem;
+    }
+    dim3 grid((unsigned)n_tiles, (unsigned)a->n_head);
+    k_attn_pre<QT, KT><<<grid, KCU_ATTN_THREADS, smem, st>>>(out, q, to_dev(a), tiles);
+    KCU_LAUNCHED("prefill attention");
+    return 0;
 }

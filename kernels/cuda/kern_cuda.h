@@ -42,11 +42,15 @@
  *
  * Attention over the paged KV cache (f16 only on the GPU; same layout as the CPU:
  * K[block][slot][kv_head][head_dim]). The batch's query tokens are grouped into tiles of
- * consecutive tokens of one sequence (kcu_attn_tile). kcu_attn_decode takes one-token tiles and
- * splits each context into up to KCU_ATTN_MAX_SPLITS key ranges (split-K, merged with a
- * log-sum-exp); kcu_attn_prefill takes tiles of up to KCU_ATTN_QT tokens and runs a
- * flash-attention style loop (online softmax over key tiles held in shared memory, causal mask).
- * As on the CPU, q is rounded to f16 before meeting K. head_dim <= 256 and even. */
+ * consecutive tokens of one sequence (kcu_attn_tile). kcu_attn_decode takes one-token tiles; a
+ * block computes all the q heads of one kv head (up to 4 at a time), so K/V rows are read once
+ * per GQA group, over one of up to KCU_ATTN_MAX_SPLITS key ranges per context (split-K, merged
+ * with a log-sum-exp), the split count chosen so that even one sequence fills the GPU.
+ * kcu_attn_prefill takes tiles of up to KCU_ATTN_QT tokens and runs a flash-attention style loop
+ * (online softmax over key tiles held in shared memory, causal mask). As on the CPU, q is rounded
+ * to f16 before meeting K; scores, softmax and sums are f32. head_dim <= 256 and even; the caches
+ * 4-byte aligned (decode reads rows with 16-byte loads when head_dim % 8 == 0 and the caches are
+ * 16-byte aligned, else with 4-byte loads). */
 #ifndef KERNELS_CUDA_KERN_CUDA_H
 #define KERNELS_CUDA_KERN_CUDA_H
 
@@ -195,8 +199,9 @@ typedef struct {
 
 /* out(T, n_head*head_dim) for the one-token tiles tiles_d[0..n_tiles); q(T, n_head*head_dim).
  * max_keys: the largest pos0+1 among the tiles (host-known; sets the split count).
- * scratch_d: split partials, scratch_floats of them; fewer splits are used when it is small
- * (kcu_attn_decode_scratch_floats gives the size for the full split count). */
+ * scratch_d: split partials, scratch_floats of them; fewer splits are used when it is small, one
+ * when it is NULL (kcu_attn_decode_scratch_floats gives the size for the full split count). The
+ * scratch is only used between the two kernels of one call (no state is kept across calls). */
 int kcu_attn_decode(float *out_d, const float *q_d, const kcu_attn_args *a, const kcu_attn_tile *tiles_d,
                     int n_tiles, int max_keys, float *scratch_d, size_t scratch_floats, cudaStream_t st);
 size_t kcu_attn_decode_scratch_floats(int n_tiles, int n_head, int head_dim);

@@ -390,7 +390,11 @@ static void test_attention_case(int n_head, int n_kv, int hd, int bs, const seq_
 }
 
 static void test_attention(void) {
-    static const int heads[][3] = {{8, 4, 8}, {9, 3, 64}, {32, 8, 128}, {4, 4, 256}, {6, 2, 96}};
+    /* the decode kernel's paths: 16-byte rows with 8/16/32 lanes per key (idle lanes at hd 80),
+     * 4-byte rows when head_dim % 8 != 0 (hd 100, 36), groups cut into chunks of <= 4 heads
+     * (16 -> 4 x 4, 7 -> 4 + 3) */
+    static const int heads[][3] = {{8, 4, 8},   {9, 3, 64},   {32, 8, 128}, {4, 4, 256},
+                                   {6, 2, 96},  {16, 1, 80},  {6, 2, 100},  {14, 2, 36}};
     const seq_spec decode[] = {{0, 1}, {16, 1}, {299, 1}, {2100, 1}};
     const seq_spec prefill[] = {{0, 45}, {37, 45}, {0, 2}, {15, 17}};
     const seq_spec mixed[] = {{5, 1}, {0, 33}, {700, 1}, {20, 3}};
