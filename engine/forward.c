@@ -52,7 +52,7 @@ struct eng_ctx {
 void eng_ctx_params_default(eng_ctx_params *p) {
     *p = (eng_ctx_params){.max_tokens = 512, .max_logits = 0, .n_blocks = 0, .block_size = 16,
                           .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0, .quant_act = false,
-                          .device = 0, .cuda_f32_gemm = false};
+                          .device = 0, .cuda_f32_gemm = false, .cuda_graphs = true};
 }
 
 static int ctx_alloc(eng_ctx *c) {

@@ -7,10 +7,10 @@
  * Decode batches (<= KCU_GEMV_MAX_TOK tokens, or <= KCU_GEMV_BATCH_MAX with quantised weights) use
  * the GEMV kernels with f32 activations, the CPU's arithmetic; longer batches use cuBLAS GEMMs, on
  * f16/bf16 tensor cores unless eng_ctx_params.cuda_f32_gemm asks for f32.
- * With eng_ctx_params.cuda_graphs, decode-only steps whose matmuls are all GEMVs are captured
- * once as a CUDA graph per (tokens, logits rows, context bucket) and replayed: a Llama-3-8B step
- * is ~480 small launches, ~5 us each from the host; graphs pay only once the GPU's own time for
- * a step drops below that, which it does not yet (so they are off by default). The graph reads the step's metadata
+ * Decode-only steps whose matmuls are all GEMVs are captured once as a CUDA graph per (tokens,
+ * logits rows, context bucket) and replayed (unless eng_ctx_params.cuda_graphs is off): a
+ * Llama-3-8B step is ~450 small launches at ~4.7 us each from the host, and replaying them saved
+ * 6% of an H200 decode step (docs/PERF.md). The graph reads the step's metadata
  * from the same device buffer, filled by a copy enqueued before the replay; the attention split
  * count depends on the context only through its bucket (the next power of two >= 256).
  * Compiled only with TOKD_CUDA (the Makefile defines it when nvcc is found). */
@@ -347,6 +347,14 @@ static int meta_send(eng_cuda *g, const eng_batch *b, const int32_t *logit_rows,
         n_bt += n_blk;
         t += sq->n_new;
     }
+    /* the decode attention's split count depends on the context only through its bucket (the next
+     * power of two >= 256), so a step gives the same bits whether replayed from a graph captured
+     * at a shorter context of the same bucket or launched directly */
+    if (sm->n_dec) {
+        int keys = 256;
+        while (keys < sm->max_keys) keys *= 2;
+        sm->max_keys = keys;
+    }
     memcpy(h + g->off_rows, logit_rows, (size_t)n_rows * sizeof(int32_t));
     CK(kcu_h2d(g->d_meta, h, (g->off_bt + n_bt) * sizeof(int32_t), g->st), "metadata");
     const int32_t *d = g->d_meta;
@@ -427,9 +435,7 @@ static bool graph_ok(const eng_cuda *g, const step_meta *sm, int T) {
 
 /* Replays (capturing first if needed) the graph of this decode step's shape. */
 static int graph_step(eng_cuda *g, int T, step_meta *sm, int n_rows, char *err, size_t errlen) {
-    int keys = 256;
-    while (keys < sm->max_keys) keys *= 2;
-    sm->max_keys = keys; /* the split count then depends on the bucket only */
+    const int keys = sm->max_keys; /* bucketed by meta_send */
     cu_graph *slot = NULL, *lru = &g->graphs[0];
     for (int i = 0; i < N_GRAPHS && !slot; i++) {
         cu_graph *c = &g->graphs[i];

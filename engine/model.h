@@ -97,8 +97,7 @@ typedef struct {
     bool cuda_f32_gemm;  /* cuda: prefill GEMMs in f32 (the CPU's arithmetic, slower) instead of
                             f16/bf16 tensor cores with f32 accumulation */
     bool cuda_graphs;    /* cuda: replay decode steps from captured CUDA graphs instead of launching
-                            kernel by kernel (same results). Off by default: on an H200 the step is
-                            GPU-bound and graphs measured ~5% slower (docs/PERF.md) */
+                            kernel by kernel (same results, bit for bit; default on) */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

@@ -22,13 +22,13 @@ enum { BS = 16 };
 
 static int n_fail;
 
-static bool graphs; /* contexts made by new_ctx replay decode steps from CUDA graphs */
+static bool no_graphs; /* contexts made by new_ctx launch decode steps kernel by kernel */
 
 static eng_ctx *new_ctx(const eng_model *m, int device, bool f32_gemm, int max_tokens) {
     eng_ctx_params p;
     eng_ctx_params_default(&p);
     p.device = device;
-    p.cuda_graphs = graphs;
+    p.cuda_graphs = !no_graphs;
     p.cuda_f32_gemm = f32_gemm;
     p.max_tokens = max_tokens;
     p.max_ctx = MAX_SEQ;
@@ -217,10 +217,10 @@ static void stories(const char *shared) {
     eng_ctx_destroy(gpu);
     /* decode steps replayed from CUDA graphs == launched kernel by kernel, bit for bit */
     {
-        graphs = true;
         eng_ctx *with = new_ctx(m, 1, false, 64);
-        graphs = false;
+        no_graphs = true;
         eng_ctx *without = new_ctx(m, 1, false, 64);
+        no_graphs = false;
         int same = 0;
         float *la = malloc((size_t)32 * V * sizeof(float)), *lb = malloc((size_t)32 * V * sizeof(float));
         for (int s = 0; s < ns; s++) {
