@@ -16,21 +16,26 @@
  *    loads, page found with a multiply-shift instead of a division) are fetched one round ahead,
  *    one key per lane, and handed out with shuffles.
  *  - Scores: q is held in registers (the lane's 8 dims of each head, rounded to f16 as the CPU
- *    does, times scale*log2(e)); partial dot products over the lane's dims are summed over the
- *    sub-warp with xor shuffles, so every lane has every score of the round.
- *  - Online softmax per head in log2 units (exp2f): running max m and sum l; the f32 output
+ *    does, times scale*log2(e)). The V = U*GC partial dot products of a lane are summed over the
+ *    sub-warp by a reduce-scatter (each xor step halves the values a lane carries), so that each
+ *    lane ends with B = V/L (at least 1) whole scores for about V shuffles per lane instead of
+ *    V*log2(L); the round's per-head max is an xor max over the sub-warp; each score's p is
+ *    computed once, by its lane, and the sub-warp reads all V of them back from shared memory
+ *    (pbuf, behind __syncwarp) for the P.V update.
+ *  - Online softmax per head in log2 units (ex2.approx): running max m and sum l; the f32 output
  *    accumulators (8 dims x GC heads per lane, registers) are rescaled once per round, then the
  *    round's p*V is added. Scores, softmax and accumulation are f32.
  *  - End: the sub-warps' (m, l, O) meet in shared memory (comb: 1024*GC floats, 16 KB at GC = 4,
- *    whatever head_dim) and the block writes the normalised output when it has the whole context
- *    (one split), else a partial (O, m, l) per head that k_attn_merge combines with a log-sum-exp
- *    (an empty split writes O = 0, m = -inf, l = 0 and gets weight 0).
+ *    whatever head_dim; pbuf adds NSUB*V floats, 1 KB at head_dim 128) and the block writes the
+ *    normalised output when it has the whole context (one split), else a partial (O, m, l) per
+ *    head that k_attn_merge combines with a log-sum-exp (an empty split writes O = 0, m = -inf,
+ *    l = 0 and gets weight 0).
  *  - Split count (dec_splits): a block's time hardly depends on how many of a round's keys are
  *    valid, so splits hold whole rounds; as many splits as fill one wave of resident blocks (SMs x
  *    blocks per SM from the occupancy calculator), at most DEC_MAX_KEYS keys each once the GPU is
  *    full anyway, at most KCU_ATTN_MAX_SPLITS and what the scratch holds (none: one split).
- *  Registers (sm_90, CUDA 13): 168 for L = 16 at GC = 4 (3 blocks per SM), 187 for L = 32 at GC = 4
- *  (2 blocks per SM), less for fewer heads; no spills.
+ *  Registers: launch bounds ask for 3 blocks per SM (<= 168 registers) at 3-4 heads per block, 4
+ *  (<= 128) at 1-2; no spills on sm_80/sm_90 with CUDA 13 (168 for head_dim 128 at 4 heads).
  *
  * Prefill, k_attn_pre<QT, KT>: one block of 128 threads per (tile of up to QT query tokens of one
  * sequence, head). It walks the keys in tiles of KT: K and V rows are gathered from their physical
@@ -98,18 +103,59 @@ __device__ __forceinline__ void dec_load(const __half *row, uint32_t w[4], bool 
     }
 }
 
+/* Halving steps of a reduce-scatter of v values over l lanes: while v is even, > 1 and lanes are left. */
+__host__ __device__ constexpr int dec_halvings(int v, int l) {
+    int h = 0;
+    while (l > 1 && v % 2 == 0 && v > 1) v /= 2, l /= 2, h++;
+    return h;
+}
+
+/* STEPS halving steps of the score reduction over n values x[0..N): with MASK's bit set a lane keeps
+ * the upper half, else the lower one, and adds the partner's copy of it; x[0..N/2) is what is kept.
+ * A recursion so that every index is a constant (a loop over the steps left x in local memory). */
+template <int N, int MASK, int STEPS>
+__device__ __forceinline__ void dec_halve(float *x, int sub) {
+    if constexpr (STEPS > 0) {
+        const bool up = (sub & MASK) != 0;
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) {
+            const float send = up ? x[i] : x[i + N / 2], keep = up ? x[i + N / 2] : x[i];
+            x[i] = keep + __shfl_xor_sync(0xffffffffu, send, MASK);
+        }
+        dec_halve<N / 2, MASK / 2, STEPS - 1>(x, sub);
+    }
+}
+
+/* 2^x with one MUFU.EX2 (relative error ~2^-22; 0 for x = -inf, subnormal results flushed to 0). */
+__device__ __forceinline__ float dec_exp2(float x) {
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
 __device__ __forceinline__ void dec_unpack(const uint32_t w[4], float f[8]) {
 #pragma unroll
     for (int i = 0; i < 4; i++) f[2 * i] = kcu__h2f(w[i]), f[2 * i + 1] = kcu__h2f(w[i] >> 16);
 }
 
+/* Occupancy target: 3 blocks per SM (<= 168 registers) with 3-4 heads per block, 4 (<= 128) with
+ * 1-2; ptxas fits every instantiation without spills (sm_80, sm_90). */
 template <int L, int W, int GC>
-__global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
+__global__ void __launch_bounds__(DEC_THREADS, GC <= 2 ? 4 : 3) k_attn_dec(const dec_args a) {
     constexpr int NSUB = DEC_THREADS / L; /* sub-warps: keys in flight per load step */
     constexpr int DW = 8 * L;             /* row width the L lanes cover (>= hd) */
     constexpr int U = dec_u(W), STEP = NSUB * U;
+    constexpr int V = U * GC;                /* scores per sub-warp per round */
+    constexpr int H = dec_halvings(V, L);    /* halving steps of the score reduction */
+    constexpr int B = V >> H;                /* scores each lane ends with */
     static_assert(W == 8 || (W == 2 && L == 32), "lanes hold 8 halves: one 16-byte or four 4-byte chunks");
-    /* per sub-warp partial output, then its max/sum, then the merge weights */
+    static_assert(V % 4 == 0, "pbuf rows are read as float4");
+    /* per sub-warp: the round's p (pbuf); at the end the partial output, its max/sum, the weights */
+    __shared__ __align__(16) float pbuf[NSUB * V];
     __shared__ __align__(16) float comb[NSUB * GC * DW];
     __shared__ float sm_m[NSUB * GC], sm_l[NSUB * GC], wgt[NSUB * GC], fin_m[GC], fin_l[GC];
 
@@ -133,6 +179,7 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
         pgx = bt[blk], remx = p - blk * a.bs;
     }
     const int lane0 = (tid & 31) & ~(L - 1); /* first lane of the sub-warp */
+    const int j0 = B * (sub / (L >> H));     /* the lane's first score after the reduction */
     /* q of the chunk's heads, the lane's 8 dims, rounded to f16 as the CPU does with an f16 cache */
     float qf[GC][8];
     const float *qrow = a.q + (size_t)tl.t0 * a.n_head * hd + (size_t)h0 * hd;
@@ -172,8 +219,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
             const int p = base + STEP + sub * NSUB + sw, blk = dec_page(p, a);
             pgx = bt[blk], remx = p - blk * a.bs;
         }
-        /* scores in log2 units: partial dot products over the lane's dims, then over the sub-warp */
-        float s[U][GC];
+        /* scores in log2 units: partial dot products over the lane's dims, x[u*GC + g] */
+        float x[V];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float kf[8];
@@ -183,35 +230,70 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
                 float acc = 0.0f;
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc = fmaf(qf[g][e], kf[e], acc);
-                s[u][g] = acc;
+                x[u * GC + g] = acc;
             }
         }
+        /* Sum over the sub-warp, scattering: at each of the H halving steps (masks L/2, L/4, ..) a
+         * lane keeps one half of its values, sends the other half to its partner and adds what it
+         * gets, then plain xor steps for the masks left. The lane ends with the full scores
+         * j0 .. j0+B-1, about V/L shuffles per lane instead of V*log2(L). */
+        dec_halve<V, L / 2, H>(x, sub);
 #pragma unroll
-        for (int u = 0; u < U; u++)
+        for (int mask = L >> (H + 1); mask > 0; mask >>= 1)
 #pragma unroll
-            for (int g = 0; g < GC; g++)
+            for (int i = 0; i < B; i++) x[i] += __shfl_xor_sync(0xffffffffu, x[i], mask);
+        /* the round's max per head over the valid keys, then the new running max */
+        float mg[GC];
 #pragma unroll
-                for (int x = L / 2; x > 0; x >>= 1) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], x);
-        /* online softmax: one rescale of O per round; s becomes p */
+        for (int g = 0; g < GC; g++) mg[g] = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < B; i++) {
+            const int j = j0 + i, gi = j % GC;
+            if (base + j / GC * NSUB + sw < k_end)
+#pragma unroll
+                for (int g = 0; g < GC; g++)
+                    if (g == gi) mg[g] = fmaxf(mg[g], x[i]);
+        }
+        float alpha[GC];
 #pragma unroll
         for (int g = 0; g < GC; g++) {
-            float mx = m[g];
 #pragma unroll
-            for (int u = 0; u < U; u++)
-                if (valid[u]) mx = fmaxf(mx, s[u][g]);
+            for (int mask = L / 2; mask > 0; mask >>= 1)
+                mg[g] = fmaxf(mg[g], __shfl_xor_sync(0xffffffffu, mg[g], mask));
+            const float mx = fmaxf(m[g], mg[g]);
             /* mx == -inf only while the sub-warp has seen no key: then O and l are 0 */
-            const float alpha = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - mx);
+            alpha[g] = m[g] == -INFINITY ? 0.0f : dec_exp2(m[g] - mx);
+            m[g] = mx;
+        }
+        /* p of the lane's scores, to the sub-warp's row of pbuf (one writer per score), and back as
+         * all V of them */
+        float *pb = pbuf + sw * V;
+        __syncwarp(); /* the previous round's reads of pb are done */
+        if ((sub & ((L >> H) - 1)) == 0)
+#pragma unroll
+            for (int i = 0; i < B; i++) {
+                const int j = j0 + i, gi = j % GC;
+                float mi = m[0];
+#pragma unroll
+                for (int g = 1; g < GC; g++)
+                    if (g == gi) mi = m[g];
+                pb[j] = base + j / GC * NSUB + sw < k_end ? dec_exp2(x[i] - mi) : 0.0f;
+            }
+        __syncwarp();
+        float pv[V];
+#pragma unroll
+        for (int i = 0; i < V / 4; i++) {
+            const float4 t = reinterpret_cast<const float4 *>(pb)[i];
+            pv[4 * i] = t.x, pv[4 * i + 1] = t.y, pv[4 * i + 2] = t.z, pv[4 * i + 3] = t.w;
+        }
+#pragma unroll
+        for (int g = 0; g < GC; g++) {
             float sum = 0.0f;
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                const float p = valid[u] ? exp2f(s[u][g] - mx) : 0.0f;
-                s[u][g] = p;
-                sum += p;
-            }
-            l[g] = l[g] * alpha + sum;
-            m[g] = mx;
+            for (int u = 0; u < U; u++) sum += pv[u * GC + g];
+            l[g] = l[g] * alpha[g] + sum;
 #pragma unroll
-            for (int e = 0; e < 8; e++) o[g][e] *= alpha;
+            for (int e = 0; e < 8; e++) o[g][e] *= alpha[g];
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -220,7 +302,7 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
 #pragma unroll
             for (int g = 0; g < GC; g++)
 #pragma unroll
-                for (int e = 0; e < 8; e++) o[g][e] = fmaf(s[u][g], vf[e], o[g][e]);
+                for (int e = 0; e < 8; e++) o[g][e] = fmaf(pv[u * GC + g], vf[e], o[g][e]);
         }
     }
 
@@ -244,7 +326,7 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_dec(const dec_args a) {
         float mx = -INFINITY, den = 0.0f;
         for (int i = 0; i < NSUB; i++) mx = fmaxf(mx, sm_m[i * GC + g]);
         for (int i = 0; i < NSUB; i++) {
-            const float mi = sm_m[i * GC + g], e = mi == -INFINITY ? 0.0f : exp2f(mi - mx);
+            const float mi = sm_m[i * GC + g], e = mi == -INFINITY ? 0.0f : dec_exp2(mi - mx);
             wgt[i * GC + g] = e;
             den += e * sm_l[i * GC + g];
         }
@@ -513,8 +595,9 @@ extern "C" size_t kcu_attn_decode_scratch_floats(int n_tiles, int n_head, int he
     return (size_t)n_tiles * n_head * KCU_ATTN_MAX_SPLITS * (size_t)(head_dim + 2);
 }
 
-/* The decode kernel's arguments for n_tiles tiles, all but the split count; *gc: q heads per block
- * (chunks of a group of 6 are 3 + 3, of 7 are 4 + 3). Host only, no CUDA calls. */
+/* The decode kernel for these arguments and its arguments, all but the split count (set to one).
+ * Groups of more than DEC_GC_MAX heads are cut into even chunks (6 -> 3 + 3, 7 -> 4 + 3).
+ * Host only, no CUDA calls. */
 static dec_pick_t dec_setup(dec_args *d, const kcu_attn_args *a, const float *q, float *out, const kcu_attn_tile *tiles,
                             float *scratch) {
     d->k = (const __half *)a->k_d, d->v = (const __half *)a->v_d;
