@@ -175,30 +175,35 @@ static double matmul_breakdown(uint32_t wtype, int n_tok, const kcu_device_info 
     return step_ms;
 }
 
-/* Decode attention of one layer (32 heads, 8 kv heads, head_dim 128) for n_seq sequences of ctx keys. */
+/* Decode attention of one layer (32 heads, 8 kv heads, head_dim 128) for n_seq sequences of ctx keys.
+ * The repeats cycle through NCOPY separate caches (as a step's layers do), so that the KV is read
+ * from HBM, not from the 50-60 MB L2. */
+#define NCOPY 8
 static void attn_breakdown(int n_seq, int ctx) {
     const int bs = 16, hd = 128, nh = 32, nkv = 8, kv_row = nkv * hd, nblk = (ctx + bs - 1) / bs;
+    const size_t n_bt = (size_t)nblk * n_seq * NCOPY;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0), cudaEventCreate(&e1);
     void *kc, *vc;
     float *q, *o, *scr;
-    int32_t *bt_h = malloc(sizeof(int32_t) * (size_t)nblk * n_seq), *bt;
-    kcu_attn_tile *t_h = malloc(sizeof(kcu_attn_tile) * (size_t)n_seq), *t;
-    for (int i = 0; i < nblk * n_seq; i++) bt_h[i] = i;
-    for (int s = 0; s < n_seq; s++) t_h[s] = (kcu_attn_tile){s, 1, ctx - 1, s * nblk};
+    int32_t *bt_h = malloc(sizeof(int32_t) * n_bt), *bt;
+    kcu_attn_tile *t_h = malloc(sizeof(kcu_attn_tile) * (size_t)n_seq * NCOPY), *t;
+    for (size_t i = 0; i < n_bt; i++) bt_h[i] = (int32_t)i;
+    for (int c = 0; c < NCOPY; c++)
+        for (int s = 0; s < n_seq; s++) t_h[c * n_seq + s] = (kcu_attn_tile){s, 1, ctx - 1, (c * n_seq + s) * nblk};
     size_t scr_n = kcu_attn_decode_scratch_floats(n_seq, nh, hd);
-    if (kcu_alloc(&kc, (size_t)nblk * n_seq * bs * kv_row * 2) || kcu_alloc(&vc, (size_t)nblk * n_seq * bs * kv_row * 2) ||
+    if (kcu_alloc(&kc, n_bt * bs * kv_row * 2) || kcu_alloc(&vc, n_bt * bs * kv_row * 2) ||
         kcu_alloc((void **)&q, (size_t)n_seq * nh * hd * 4) || kcu_alloc((void **)&o, (size_t)n_seq * nh * hd * 4) ||
-        kcu_alloc((void **)&scr, scr_n * 4) || kcu_alloc((void **)&bt, sizeof(int32_t) * (size_t)nblk * n_seq) ||
-        kcu_alloc((void **)&t, sizeof(kcu_attn_tile) * (size_t)n_seq))
+        kcu_alloc((void **)&scr, scr_n * 4) || kcu_alloc((void **)&bt, sizeof(int32_t) * n_bt) ||
+        kcu_alloc((void **)&t, sizeof(kcu_attn_tile) * (size_t)n_seq * NCOPY))
         return;
-    kcu_h2d(bt, bt_h, sizeof(int32_t) * (size_t)nblk * n_seq, 0);
-    kcu_h2d(t, t_h, sizeof(kcu_attn_tile) * (size_t)n_seq, 0);
+    kcu_h2d(bt, bt_h, sizeof(int32_t) * n_bt, 0);
+    kcu_h2d(t, t_h, sizeof(kcu_attn_tile) * (size_t)n_seq * NCOPY, 0);
     kcu_fill_random_f32(q, (size_t)n_seq * nh * hd, 5, -1.0f, 1.0f, 0);
     kcu_attn_args a = {kc, vc, bt, nh, nkv, hd, bs, 0.088f};
     kcu_attn_decode(o, q, &a, t, n_seq, ctx, scr, scr_n, 0);
     cudaEventRecord(e0, 0);
-    for (int r = 0; r < REPS; r++) kcu_attn_decode(o, q, &a, t, n_seq, ctx, scr, scr_n, 0);
+    for (int r = 0; r < REPS; r++) kcu_attn_decode(o, q, &a, t + (r % NCOPY) * n_seq, n_seq, ctx, scr, scr_n, 0);
     cudaEventRecord(e1, 0);
     double ms = ev_ms(e0, e1) / REPS, bytes = 2.0 * n_seq * ctx * kv_row * 2;
     printf("  decode attention %d seq x %5d keys: %7.1f us per layer (%5.0f GB/s of KV), %.2f ms per 32-layer step\n", n_seq,
@@ -276,6 +281,7 @@ static void breakdown(const kcu_device_info *info) {
     attn_breakdown(1, 512);
     attn_breakdown(1, 4096);
     attn_breakdown(8, 512);
+    attn_breakdown(8, 4096);
     attn_prefill_breakdown(512);
     kcu_blas_destroy(blas);
 }
