@@ -465,6 +465,7 @@ __global__ void __launch_bounds__(KCU_ATTN_THREADS)
                 sum += p;
             }
             for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp(); /* every lane has read M[qi] before lane 0 replaces it */
             if (lane == 0) {
                 float alpha = (m_new == -INFINITY || m_old == -INFINITY) ? (m_old == -INFINITY ? 0.0f : 1.0f) : expf(m_old - m_new);
                 AL[qi] = alpha;
