@@ -7,9 +7,9 @@
 #   2. test_cuda_kernels: every CUDA kernel against the CPU scalar reference, max rel error per case
 #   3. test_cuda_model: stories260K vs llama.cpp's greedy reference and SmolLM2 CPU vs CUDA
 #   4. test_cuda_perf: Llama-3-8B-shaped random model (bf16, Q8_0), tokens/s vs HBM and FLOP floors
-#   5. compute-sanitizer memcheck over the kernel test, when the tool exists (report only)
+#   5. compute-sanitizer memcheck and racecheck over the kernel test, when the tool exists (report only)
 #   6. serve_check.sh: tokd generate/serve --device cuda on SmolLM2 against the CPU, and a load test
-# STEPS: which of kernels, model, perf, memcheck, serve to run (default all).
+# STEPS: which of kernels, model, perf, memcheck, racecheck, serve to run (default all).
 # Environment: SHARED (default ../shared, then ./shared), TOKD_MODEL (SmolLM2 Q4_1 gguf), BUILD, JOBS.
 # Never run by make test (CI has no GPU); make test only builds these binaries.
 set -u
@@ -24,7 +24,7 @@ SHARED=${SHARED:-../shared}
 MODEL=${TOKD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 export PATH="$PATH:/usr/local/cuda/bin"
 
-STEPS=" ${STEPS:-kernels model perf memcheck serve} "
+STEPS=" ${STEPS:-kernels model perf memcheck racecheck serve} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 declare -a NAMES STATUS SECS NOTES
 step() { # step NAME LIMIT_S NOTE_REGEX CMD...
@@ -49,15 +49,18 @@ if [ "${SKIP_BUILD:-0}" = 1 ]; then
 else
     build=(make -j"$JOBS" CUDA=1 BUILD="$BUILD" SHARED="$SHARED" "$BUILD/tokd" gpu_tests)
 fi
-if step build 200 'error|cuda_check|not found' "${build[@]}"; then
-    want kernels && step kernels 80 'cases within|FAIL' "$BUILD/gpu/test_cuda_kernels"
-    want model && step model 100 'test_cuda_model|FAIL' env TOKD_SHARED="$SHARED" "$BUILD/gpu/test_cuda_model" "$SHARED" "$MODEL"
-    want perf && step perf 110 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
+if step build 180 'error|cuda_check|not found' "${build[@]}"; then
+    want kernels && step kernels 30 'cases within|FAIL' "$BUILD/gpu/test_cuda_kernels"
+    want model && step model 45 'test_cuda_model|FAIL' env TOKD_SHARED="$SHARED" "$BUILD/gpu/test_cuda_model" "$SHARED" "$MODEL"
+    want perf && step perf 60 '^PERF|FAIL' "$BUILD/gpu/test_cuda_perf"
     if want memcheck && command -v compute-sanitizer >/dev/null 2>&1; then
-        step memcheck 60 'ERROR SUMMARY|cases within' compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
+        step memcheck 30 'ERROR SUMMARY|cases within' compute-sanitizer --tool memcheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
+    fi
+    if want racecheck && command -v compute-sanitizer >/dev/null 2>&1; then
+        step racecheck 60 'RACECHECK SUMMARY|cases within' compute-sanitizer --tool racecheck --print-limit 20 "$BUILD/gpu/test_cuda_kernels"
     fi
     if want serve && [ -f "$MODEL" ]; then
-        step serve 150 'PASS|FAIL|output tok/s|TTFT' tests/gpu/serve_check.sh "$BUILD/tokd" "$MODEL" "$LOGDIR"
+        step serve 60 'PASS|FAIL|output tok/s|TTFT' tests/gpu/serve_check.sh "$BUILD/tokd" "$MODEL" "$LOGDIR"
     fi
 fi
 
@@ -67,7 +70,7 @@ printf '%-10s %-12s %6s  %s\n' step status secs notes
 fail=0
 for i in "${!NAMES[@]}"; do
     printf '%-10s %-12s %6s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"
-    [ "${STATUS[$i]}" = PASS ] || { [ "${NAMES[$i]}" = memcheck ] || fail=1; }
+    [ "${STATUS[$i]}" = PASS ] || { [ "${NAMES[$i]}" = memcheck ] || [ "${NAMES[$i]}" = racecheck ] || fail=1; }
 done
 echo "logs: $LOGDIR"
 exit $fail
