@@ -47,6 +47,7 @@
  * f32, S QT*KT f32, m/l/alpha 3*QT f32, Ks KT*(hd+2) f16, Vs KT*hd f16: 35 KB for the prefill
  * tile at hd 128; above 48 KB (hd 256) the launcher opts in to more. */
 #include <math.h>
+#include <mma.h>
 
 #include "kernels/cuda/kcu_internal.cuh"
 
@@ -640,11 +641,122 @@ extern "C" int kcu_attn_decode(float *out, const float *q, const kcu_attn_args *
     return 0;
 }
 
+/* Prefill on tensor cores (head_dim HD a multiple of 16, up to 128): one warp per (tile of up to
+ * 16 queries, q head), flash-attention style. For each 16 keys: their K and V rows are gathered
+ * into shared memory with 16-byte loads, S = Q K^T (f16 operands: q rounded to f16 as on the CPU,
+ * f32 accumulation, wmma 16x16x16), the causal mask and an online softmax per query row in f32,
+ * P rounded to f16 (the CPU also meets V with f16 weights) and O = O * alpha + P V, O held in f32
+ * in shared memory between the wmma steps. */
+template <int HD>
+__global__ void __launch_bounds__(32) k_attn_pre_tc(float *out, const float *q, attn_dev a, const kcu_attn_tile *tiles) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __half Qs[16 * HD], Ks[16 * HD], Vs[16 * HD], Ps[16 * 16];
+    __shared__ __align__(32) float Os[16 * HD], Ss[16 * 16];
+    __shared__ float M[16], L[16], AL[16];
+    const kcu_attn_tile tl = tiles[blockIdx.x];
+    const int h = blockIdx.y, kvh = h / a.group, lane = threadIdx.x;
+    const size_t q_stride = (size_t)a.n_head * HD;
+    for (int i = lane; i < 16 * HD; i += 32) {
+        const int qi = i / HD, d = i % HD;
+        Qs[i] = __float2half(qi < tl.n_q ? q[(size_t)(tl.t0 + qi) * q_stride + (size_t)h * HD + d] : 0.0f);
+        Os[i] = 0.0f;
+    }
+    if (lane < 16) M[lane] = -INFINITY, L[lane] = 0.0f;
+    __syncwarp();
+    const int n_keys = tl.pos0 + tl.n_q;
+    constexpr int C8 = HD / 8; /* 16-byte chunks per row */
+    for (int kb = 0; kb < n_keys; kb += 16) {
+        const int nk = min(16, n_keys - kb);
+        for (int i = lane; i < 16 * C8; i += 32) {
+            const int kk = i / C8, c = i % C8;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (kk < nk) {
+                const int p = kb + kk;
+                const size_t slot = (size_t)a.bt[tl.bt_off + p / a.bs] * a.bs + p % a.bs;
+                const size_t off = slot * a.kv_row + (size_t)kvh * HD + 8 * c;
+                kv = *reinterpret_cast<const uint4 *>(a.k + off);
+                vv = *reinterpret_cast<const uint4 *>(a.v + off);
+            }
+            reinterpret_cast<uint4 *>(Ks)[i] = kv;
+            reinterpret_cast<uint4 *>(Vs)[i] = vv;
+        }
+        __syncwarp();
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int c = 0; c < HD / 16; c++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> af;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bf;
+            wmma::load_matrix_sync(af, Qs + 16 * c, HD);
+            wmma::load_matrix_sync(bf, Ks + 16 * c, HD); /* K^T: key kk's row is column kk */
+            wmma::mma_sync(sf, af, bf, sf);
+        }
+        wmma::store_matrix_sync(Ss, sf, 16, wmma::mem_row_major);
+        __syncwarp();
+        if (lane < 16) { /* one query row per lane */
+            const int qi = lane;
+            const float m_old = M[qi];
+            float mx = -INFINITY, srow[16];
+#pragma unroll
+            for (int kk = 0; kk < 16; kk++) {
+                const bool ok = qi < tl.n_q && kk < nk && kb + kk <= tl.pos0 + qi;
+                srow[kk] = ok ? Ss[qi * 16 + kk] * a.scale : -INFINITY;
+                mx = fmaxf(mx, srow[kk]);
+            }
+            const float m_new = fmaxf(m_old, mx);
+            float sum = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < 16; kk++) {
+                const float p = srow[kk] == -INFINITY ? 0.0f : expf(srow[kk] - m_new);
+                Ps[qi * 16 + kk] = __float2half(p);
+                sum += p;
+            }
+            const float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            AL[qi] = alpha;
+            L[qi] = L[qi] * alpha + sum;
+            M[qi] = m_new;
+        }
+        __syncwarp();
+        for (int i = lane; i < 16 * HD; i += 32) Os[i] *= AL[i / HD];
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pf;
+        wmma::load_matrix_sync(pf, Ps, 16);
+#pragma unroll
+        for (int c = 0; c < HD / 16; c++) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vf;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+            wmma::load_matrix_sync(vf, Vs + 16 * c, HD);
+            wmma::load_matrix_sync(of, Os + 16 * c, HD, wmma::mem_row_major);
+            wmma::mma_sync(of, pf, vf, of);
+            wmma::store_matrix_sync(Os + 16 * c, of, HD, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    for (int i = lane; i < 16 * HD; i += 32) {
+        const int qi = i / HD;
+        if (qi < tl.n_q) out[(size_t)(tl.t0 + qi) * q_stride + (size_t)h * HD + i % HD] = L[qi] > 0.0f ? Os[i] / L[qi] : 0.0f;
+    }
+}
+
 extern "C" int kcu_attn_prefill(float *out, const float *q, const kcu_attn_args *a, const kcu_attn_tile *tiles,
                                 int n_tiles, cudaStream_t st) {
     int rc = check_args(a, out, q, tiles, n_tiles, "kcu_attn_prefill");
     if (rc) return rc;
     if (n_tiles == 0) return 0;
+    static_assert(KCU_ATTN_QT == 16, "the tensor-core prefill takes tiles of 16 queries");
+    const bool al16 = (((uintptr_t)a->k_d | (uintptr_t)a->v_d) & 15) == 0;
+    if (al16 && (a->head_dim == 64 || a->head_dim == 80 || a->head_dim == 96 || a->head_dim == 128)) {
+        dim3 grid((unsigned)n_tiles, (unsigned)a->n_head);
+        const attn_dev d = to_dev(a);
+        switch (a->head_dim) {
+        case 64: k_attn_pre_tc<64><<<grid, 32, 0, st>>>(out, q, d, tiles); break;
+        case 80: k_attn_pre_tc<80><<<grid, 32, 0, st>>>(out, q, d, tiles); break;
+        case 96: k_attn_pre_tc<96><<<grid, 32, 0, st>>>(out, q, d, tiles); break;
+        default: k_attn_pre_tc<128><<<grid, 32, 0, st>>>(out, q, d, tiles); break;
+        }
+        KCU_LAUNCHED("prefill attention");
+        return 0;
+    }
     constexpr int QT = KCU_ATTN_QT, KT = 32;
     size_t smem = attn_smem(QT, KT, a->head_dim);
     static thread_local size_t opted = 48 * 1024;
