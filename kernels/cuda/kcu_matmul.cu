@@ -23,6 +23,17 @@ struct kcu_blas {
 
 /* ---- GEMV ---- */
 
+/* Start of every GEMV kernel: zeroes the accumulators, returns how many of the block's R rows
+ * from row0 exist. */
+template <int R, int NT>
+__device__ __forceinline__ int kcu__gemv_begin(const kcu__w &w, uint64_t row0, float (&acc)[R][NT]) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    return w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
+}
+
 /* End of every GEMV kernel: acc[r][t] of each thread summed over the block (shuffles in the warp,
  * then the blockDim.x / 32 <= 4 warps through shared memory, in a fixed order) into
  * Y[t][row0 + r], or added to it. */
@@ -65,13 +76,9 @@ template <int TYPE, bool VEC, int NT>
 __global__ void __launch_bounds__(128) k_gemv(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int GE = kcu__ge(TYPE, VEC), R = kcu__gemv_rows(TYPE, VEC);
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
-    const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / GE);
     float acc[R][NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    const int nr = kcu__gemv_begin(w, row0, acc);
 #pragma unroll(GE <= 8 ? 2 : 1)
     for (uint32_t g = threadIdx.x; g < n_groups; g += blockDim.x) {
         float v[R][GE];
@@ -118,13 +125,9 @@ template <int TYPE, int NT>
 __global__ void __launch_bounds__(128) k_gemv_raw(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int GE = kcu__ge(TYPE, true), R = 4, U = 2, NC = GE / 4;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
-    const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / GE);
     float acc[R][NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    const int nr = kcu__gemv_begin(w, row0, acc);
     for (uint32_t g0 = threadIdx.x; g0 < n_groups; g0 += blockDim.x * U) {
         uint4 q[U][R];
         uint32_t sb[U][R];
@@ -176,13 +179,9 @@ template <int TYPE, int NT>
 __global__ void __launch_bounds__(128) k_gemv_kq(kcu__w w, const float *__restrict__ X, float *__restrict__ Y, int T, int add) {
     constexpr int R = 4, BB = TYPE == KERN_TYPE_Q4_K ? 144 : 176, QOFF = TYPE == KERN_TYPE_Q4_K ? 16 : 48;
     const uint64_t row0 = (uint64_t)blockIdx.x * R;
-    const int nr = w.n_out - row0 < (uint64_t)R ? (int)(w.n_out - row0) : R;
     const uint32_t n_groups = (uint32_t)(w.n_in / 64);
     float acc[R][NT];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    const int nr = kcu__gemv_begin(w, row0, acc);
     for (uint32_t g = threadIdx.x; g < n_groups; g += blockDim.x) {
         const int jp = (int)(g & 3);
         uint4 hd[R], q[R][2], qh[R][2];
