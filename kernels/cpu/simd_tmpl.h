@@ -383,6 +383,13 @@ static inline VF vexp(VF x) {
 /* Byte offset of value e in a cache row of `type` (F16, or Q8_0 with e a multiple of 32) */
 static inline size_t kv_bytes(uint32_t type, size_t e) { return type == KERN_TYPE_Q8_0 ? e / KERN_QK * 34 : 2 * e; }
 
+/* lane 0 of x in every lane */
+#if VL == 8
+#define vbroadcast0(x) _mm256_broadcastss_ps(x)
+#else
+#define vbroadcast0(x) _mm512_broadcastss_ps(x)
+#endif
+
 /* VL bytes at p, in the low bytes of a 128-bit register */
 static inline __m128i ld_vl_bytes(const uint8_t *p) {
 #if VL == 8
@@ -398,7 +405,9 @@ static inline __m128i ld_vl_bytes(const uint8_t *p) {
 static inline __attribute__((always_inline)) VF kv_vec(uint32_t type, const uint8_t *p, int e) {
     if (type == KERN_TYPE_F16) return vload_h((const uint16_t *)p + e);
     const uint8_t *b = p + 34 * (e / KERN_QK);
-    return vmul(vcvt_i8(ld_vl_bytes(b + 2 + e % KERN_QK)), vset1(h2f(b)));
+    /* d: the block's first 8 bytes widened as halves (lane 0 is d), then broadcast */
+    const VF d = vbroadcast0(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)b)));
+    return vmul(vcvt_i8(ld_vl_bytes(b + 2 + e % KERN_QK)), d);
 }
 
 /* Slot rows of positions [c, c + AG) of a K or V cache (kv head 0); positions from n on (past the
@@ -450,7 +459,8 @@ static inline __attribute__((always_inline)) void attn_scores(uint32_t type, con
         vstore(s, vmul(vhsum_lanes(acc), sv));
         for (int r = 0; r < R; r++) {
             const size_t n = t->n_ctx[i0 + r];
-            if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0 < (size_t)P ? n - p0 : (size_t)P) * sizeof(float));
+            if (p0 + (size_t)P <= n) memcpy(t->sc[i0 + r] + p0, s + r * P, (size_t)P * sizeof(float)); /* one store */
+            else if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0) * sizeof(float));
         }
     }
 }
