@@ -257,6 +257,7 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
                    size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
                    const float *k_row, const float *v_row) {
     size_t row = n_kv_head * head_dim, rb = kern_row_bytes(kv_type, row);
+    if (rb == 0 || (kv_type == KERN_TYPE_Q8_0 && head_dim % KERN_QK)) abort(); /* eng_ctx_new checks both */
     uint8_t *k = (uint8_t *)k_layer + slot_offset(block_table, block_size, rb, pos);
     uint8_t *v = (uint8_t *)v_layer + slot_offset(block_table, block_size, rb, pos);
     switch (kv_type) {
@@ -311,9 +312,9 @@ static float q8_scale(const uint8_t *blk) {
  *   s[p]   = scale * sum_b (d_b * sum_j (float)k_b[j] * q[32b + j])   (sums in index order)
  *   w      = softmax(s) (kern_softmax: f32 exponentials, double sum; no f16 rounding)
  *   out[i] = sum_p w[p] * (d_b * (float)v_b[j]),  i = 32b + j          (p in order, from zero)
- * d_b * (float)q is exact in f32 (an 11-bit by 8-bit product), so the dequantised values are the
- * stored ones exactly and every other path (the SIMD tiles, which scale K before the dot) differs
- * from this one only in the order and rounding of f32 sums. */
+ * d_b * (float)k_b[j] (and d_b * (float)v_b[j]) is exact in f32, an 11-bit by 7-bit product, so
+ * every other path (the SIMD tiles, which scale K before the dot) differs from this one only in
+ * the order and rounding of f32 sums. */
 static void attn_q8_scalar(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
                            float *scratch) {
     const size_t hd = kv->head_dim, nb = hd / KERN_QK, hb = nb * (2 + KERN_QK);
@@ -379,6 +380,7 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
         return;
     }
     const bool q8 = kv->kv_type == KERN_TYPE_Q8_0;
+    if ((!q8 && kv->kv_type != KERN_TYPE_F16) || (q8 && hd % KERN_QK)) abort(); /* eng_ctx_new checks both */
     void (*const tile)(const kern__attn_tile *) = q8 ? kern__cur->attn_q8 : kern__cur->attn_f16;
     const size_t stride = attn_stride(n_ctx0 + last);
     float *qr = scratch, *sc = scratch + KERN__ATTN_QT * hd;

@@ -365,8 +365,8 @@ static inline VF vexp(VF x) {
  *   softmax_w over its n_ctx scores (vexp, f32 sum; for an f16 cache the weights are then
  *   rounded to f16 through F16C, bitwise the scalar kern_f32_to_f16 rounding for finite values);
  *   out[d..d+VL) = fma(w[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero.
- * K[p] and V[p] are the cached values as f32: f16 widened, or a Q8_0 block's d * (float)q, which
- * is exact in f32 (kv_vec), so the Q8_0 path computes its scalar reference's sums (ops.c,
+ * K[p] and V[p] are the cached values as f32: f16 widened, or a Q8_0 block's d times each int8,
+ * exact in f32 (kv_vec), so the Q8_0 path computes its scalar reference's sums (ops.c,
  * attn_q8_scalar) in another order only.
  * The tile only shares loads. Its queries are cut into chunks of consecutive queries with one
  * kv head: a K row is widened once per chunk of up to SC_R queries, whose scores for P
@@ -400,8 +400,8 @@ static inline __m128i ld_vl_bytes(const uint8_t *p) {
 }
 
 /* Values [e, e + VL) of a cache row as f32, p at a value that starts a Q8_0 block (e a constant
- * once inlined, so the block's scale is read once for all its vectors). Q8_0: d * (float)q, exact
- * in f32 (d has 11 significant bits, q 7). */
+ * once inlined, so the block's scale is read once for all its vectors). Q8_0: d * (float)k for
+ * each int8 k, exact in f32 (d has 11 significant bits, k 7). */
 static inline __attribute__((always_inline)) VF kv_vec(uint32_t type, const uint8_t *p, int e) {
     if (type == KERN_TYPE_F16) return vload_h((const uint16_t *)p + e);
     const uint8_t *b = p + 34 * (e / KERN_QK);
