@@ -26,7 +26,7 @@ typedef struct {
     int32_t kv_blocks;       /* KV pool size in blocks; 0 = derived from kv_cache_mb */
     int32_t kv_cache_mb;     /* KV pool size in MiB when kv_blocks is 0 (default 512) */
     int32_t block_size;      /* tokens per KV block (default 16) */
-    char kv_type[8];         /* "f16" (default) or "f32" */
+    char kv_type[8];         /* "f16" (default), "q8_0" or "f32" */
     char device[8];          /* "cpu" (default) or "cuda" */
     bool quant_act;          /* llama.cpp-style 8-bit activations (default false: exact f32) */
     /* scheduler */

@@ -23,7 +23,8 @@ struct eng_ctx {
     eng_ctx_params p;
     kern_pool *pool;
     size_t kv_row;        /* n_head_kv * head_dim */
-    void **k_cache;       /* (n_layer) -> (n_blocks, block_size, n_head_kv, head_dim) of kv_type */
+    size_t kv_row_bytes;  /* one slot's K (or V) row of kv_type: kern_row_bytes(kv_type, kv_row) */
+    void **k_cache;       /* (n_layer) -> (n_blocks, block_size, kv_row_bytes) bytes (kernels/kern.h) */
     void **v_cache;       /* same */
     /* activations, (max_tokens, width) each */
     float *x;             /* residual stream (T, n_embd) */
@@ -49,6 +50,32 @@ struct eng_ctx {
     char last_error[256];
 };
 
+/* The K/V element types the cache takes (kernels/kern.h, kern_kv_view) */
+static bool kv_type_ok(uint32_t t) { return t == KERN_TYPE_F16 || t == KERN_TYPE_F32 || t == KERN_TYPE_Q8_0; }
+
+static const struct {
+    const char *name;
+    uint32_t type;
+} kv_names[] = {{"f16", KERN_TYPE_F16}, {"q8_0", KERN_TYPE_Q8_0}, {"f32", KERN_TYPE_F32}};
+
+int eng_kv_type_parse(const char *name, uint32_t *type) {
+    for (size_t i = 0; i < sizeof kv_names / sizeof kv_names[0]; i++)
+        if (strcmp(name, kv_names[i].name) == 0) return *type = kv_names[i].type, 0;
+    return ENG_ERR_INVALID;
+}
+
+const char *eng_kv_type_name(uint32_t type) {
+    for (size_t i = 0; i < sizeof kv_names / sizeof kv_names[0]; i++)
+        if (kv_names[i].type == type) return kv_names[i].name;
+    return "unknown";
+}
+
+size_t eng_kv_token_bytes(const eng_model *m, uint32_t kv_type) {
+    const eng_hparams *hp = &m->hp;
+    if (!kv_type_ok(kv_type)) return 0;
+    return 2 * (size_t)hp->n_layer * kern_row_bytes(kv_type, (size_t)hp->n_head_kv * hp->head_dim);
+}
+
 void eng_ctx_params_default(eng_ctx_params *p) {
     *p = (eng_ctx_params){.max_tokens = 512, .max_logits = 0, .n_blocks = 0, .block_size = 16,
                           .max_ctx = 0, .kv_type = KERN_TYPE_F16, .n_threads = 0, .quant_act = false,
@@ -60,7 +87,7 @@ static int ctx_alloc(eng_ctx *c) {
     size_t T = (size_t)c->p.max_tokens, q_dim = (size_t)hp->n_head * hp->head_dim;
     size_t wide = q_dim > hp->n_embd ? q_dim : hp->n_embd;
     c->attn_scratch = kern_attn_scratch_floats((size_t)c->p.max_ctx, hp->head_dim);
-    size_t kv_bytes = (size_t)c->p.n_blocks * c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4);
+    size_t kv_bytes = (size_t)c->p.n_blocks * c->p.block_size * c->kv_row_bytes;
     if (!(c->k_cache = tk_calloc(hp->n_layer, sizeof(void *))) || !(c->v_cache = tk_calloc(hp->n_layer, sizeof(void *))))
         return ENG_ERR_NOMEM;
     for (uint32_t l = 0; l < hp->n_layer && c->p.device == 0; l++) /* the CUDA backend keeps its own on the device */
@@ -139,11 +166,16 @@ int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char
     if (c->p.max_logits <= 0) c->p.max_logits = c->p.max_tokens;
     if (c->p.n_blocks <= 0) c->p.n_blocks = (c->p.max_ctx + c->p.block_size - 1) / c->p.block_size;
     c->kv_row = (size_t)m->hp.n_head_kv * m->hp.head_dim;
+    c->kv_row_bytes = kv_type_ok(c->p.kv_type) ? kern_row_bytes(c->p.kv_type, c->kv_row) : 0;
     int rc = ENG_ERR_INVALID;
-    if (c->p.max_tokens <= 0 || c->p.block_size <= 0 || c->p.max_ctx <= 0 ||
-        (c->p.kv_type != KERN_TYPE_F16 && c->p.kv_type != KERN_TYPE_F32)) {
+    if (c->p.max_tokens <= 0 || c->p.block_size <= 0 || c->p.max_ctx <= 0 || !kv_type_ok(c->p.kv_type)) {
         if (err) snprintf(err, errlen, "engine context: bad parameters (max_tokens %d, block_size %d, kv type %u)",
                           c->p.max_tokens, c->p.block_size, c->p.kv_type);
+        goto fail;
+    }
+    if (c->p.kv_type == KERN_TYPE_Q8_0 && m->hp.head_dim % KERN_QK) {
+        if (err) snprintf(err, errlen, "engine context: a q8_0 KV cache stores rows of head_dim in blocks of %d values; "
+                          "this model's head_dim is %u (use kv_type f16)", KERN_QK, m->hp.head_dim);
         goto fail;
     }
     if (c->p.device != 0 && c->p.device != 1) {
@@ -158,7 +190,9 @@ int eng_ctx_new(const eng_model *m, const eng_ctx_params *p, eng_ctx **out, char
     }
 #endif
     if (c->p.device == 1 && (c->p.quant_act || c->p.kv_type != KERN_TYPE_F16)) {
-        if (err) snprintf(err, errlen, "engine context: the CUDA backend takes f32 activations and an f16 KV cache");
+        if (err) snprintf(err, errlen, "engine context: the CUDA backend takes f32 activations and an f16 KV cache only "
+                          "(kv_type %s, quant_act %s; q8_0 KV and 8-bit activations are CPU-only)",
+                          eng_kv_type_name(c->p.kv_type), c->p.quant_act ? "on" : "off");
         goto fail;
     }
     rc = ENG_ERR_NOMEM;
@@ -210,7 +244,7 @@ int eng_kv_copy_block(eng_ctx *c, int32_t src, int32_t dst) {
 #ifdef TOKD_CUDA
     if (c->cuda) return eng__cuda_kv_copy_block(c->cuda, src, dst, c->last_error, sizeof c->last_error);
 #endif
-    size_t blk = (size_t)c->p.block_size * c->kv_row * (c->p.kv_type == KERN_TYPE_F16 ? 2 : 4); /* bytes per block */
+    size_t blk = (size_t)c->p.block_size * c->kv_row_bytes; /* bytes per block */
     for (uint32_t l = 0; l < c->m->hp.n_layer; l++) {
         memcpy((char *)c->k_cache[l] + (size_t)dst * blk, (const char *)c->k_cache[l] + (size_t)src * blk, blk);
         memcpy((char *)c->v_cache[l] + (size_t)dst * blk, (const char *)c->v_cache[l] + (size_t)src * blk, blk);

@@ -87,7 +87,8 @@ typedef struct {
     int32_t n_blocks;    /* KV blocks in the pool */
     int32_t block_size;  /* tokens per block */
     int32_t max_ctx;     /* longest sequence (positions); 0: n_ctx_train */
-    uint32_t kv_type;    /* KERN_TYPE_F16 (default) or KERN_TYPE_F32 */
+    uint32_t kv_type;    /* KERN_TYPE_F16 (default), KERN_TYPE_Q8_0 (8-bit, about half the bytes; needs
+                            head_dim % 32 == 0) or KERN_TYPE_F32 (debugging) */
     int n_threads;       /* 0: one per CPU */
     bool pin_threads;    /* compute thread i pinned to the i-th allowed CPU (kern_pool_new_pinned) */
     bool quant_act;      /* quantise activations as llama.cpp's CPU backend does (see kern_matmul);
@@ -101,6 +102,14 @@ typedef struct {
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);
+
+/* Bytes of KV cache one token takes in every layer, K and V, with kv_type (what a pool of n
+ * tokens costs; Q8_0 counts its block scales); 0 for a type the cache does not take. */
+size_t eng_kv_token_bytes(const eng_model *m, uint32_t kv_type);
+/* KV types by the config's names (the kv_type key, --kv-type): "f16", "q8_0", "f32". parse:
+ * 0, or ENG_ERR_INVALID for another name; name: "unknown" for another type. */
+int eng_kv_type_parse(const char *name, uint32_t *type);
+const char *eng_kv_type_name(uint32_t type);
 
 typedef struct eng_ctx eng_ctx;
 

@@ -157,11 +157,14 @@ void kern_softmax(float *x, size_t n);
 
 /* ---- attention over a paged KV cache ----
  * One layer's cache is n_blocks blocks of block_size token slots; a slot holds n_kv_head
- * heads of head_dim values of kv_type (KERN_TYPE_F16 or KERN_TYPE_F32):
- *   K[block][slot][kv_head][head_dim], V likewise.
+ * heads of head_dim values of kv_type (KERN_TYPE_F16, KERN_TYPE_F32 or KERN_TYPE_Q8_0):
+ *   K[block][slot][kv_head][row bytes], V likewise,
+ * where a (slot, kv head) row is kern_row_bytes(kv_type, head_dim) bytes: 2 or 4 per value, or
+ * for Q8_0 head_dim / 32 ggml Q8_0 blocks (f16 d, int8 q[32]; value = d * q), 34 bytes each
+ * (head_dim must then be a multiple of 32). Blocks are plain bytes: copying one copies its KV.
  * A sequence's logical block b lives in physical block block_table[b]. */
 typedef struct {
-    const void *k;           /* (n_blocks, block_size, n_kv_head, head_dim) of kv_type */
+    const void *k;           /* (n_blocks, block_size, n_kv_head, row bytes) of kv_type */
     const void *v;           /* same layout */
     uint32_t kv_type;
     size_t block_size;
@@ -170,7 +173,10 @@ typedef struct {
     const int32_t *block_table; /* the sequence's physical block ids */
 } kern_kv_view;
 
-/* Writes one token's K and V rows (n_kv_head*head_dim f32 each) at position pos. */
+/* Writes one token's K and V rows (n_kv_head*head_dim f32 each) at position pos. Q8_0 rows
+ * are quantised block by block as kern_quantize_act_row(KERN_TYPE_Q8_0) does (ggml's x86
+ * quantize_row_q8_0: d = max|x| / 127, q = round-half-even(x * 127 / max|x|), f16 d), bitwise
+ * the same at every ISA level. */
 void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_size,
                    size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
                    const float *k_row, const float *v_row);
@@ -183,7 +189,9 @@ size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim);
  * heads [h0, h1): out (n_head*head_dim) = softmax(q.K^T * scale) V per head, with GQA (head h
  * uses kv head h / (n_head / n_kv_head)). With an f16 cache, q is rounded to f16 before meeting
  * K and the softmax weights are rounded to f16 before meeting V (llama.cpp's CPU path); sums
- * are f32. scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
+ * are f32. With a Q8_0 cache q stays f32 and meets the dequantised K (d * q, exact in f32), the
+ * f32 softmax weights meet the dequantised V (kernels/cpu/ops.c, attn_q8_scalar, defines the
+ * reference arithmetic). scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);
 

@@ -5,7 +5,7 @@
  *   matmul  kern_matmul per type at decode (n_tok 1, weights streamed from DRAM through a ring
  *           of copies larger than L3) and prefill (n_tok 64, 512) shapes: GB/s and GFLOP/s as
  *           fractions of bw and peak
- *   attn    kern_attn_paged for one token at context 128..2048 (f16 KV)
+ *   attn    kern_attn_paged for one token at context 128..2048 (--kv-type: f16 KV by default)
  *   step    whole eng_forward steps on --model or a random model of --shape: decode at batch
  *           1/8/32 against the floor (weight + KV bytes) / bandwidth, prefill of 512 tokens
  *           against 2 x params x tokens / peak
@@ -41,6 +41,7 @@ typedef struct {
     int n_types;
     const char *model, *shape;
     uint32_t model_type;
+    uint32_t kv_type; /* KV cache of the attn and step sections (KERN_TYPE_F16 by default) */
     int32_t ctx, prefill;
     double min_time;
 } bench_opts;
@@ -282,26 +283,35 @@ static void sec_attn(bench *b) {
     const bench_opts *o = b->o;
     size_t hd = b->shape.n_embd / b->shape.n_head, n_head = b->shape.n_head, n_kv = b->shape.n_head_kv, bs = 16;
     size_t ctxs[5] = {128, 256, 512, 1024, 2048}, max_ctx = 2048, row = n_kv * hd;
-    size_t kv_elems = max_ctx * row, nth = (size_t)kern_pool_size(b->pool);
-    uint16_t *k = tk_malloc(kv_elems * 2), *v = tk_malloc(kv_elems * 2);
+    size_t rb = kern_row_bytes(o->kv_type, row), nth = (size_t)kern_pool_size(b->pool);
+    uint8_t *k = tk_malloc(max_ctx * rb), *v = tk_malloc(max_ctx * rb);
     float *q = tk_malloc(n_head * hd * sizeof(float)), *out = tk_malloc(n_head * hd * sizeof(float));
+    float *kr = tk_malloc(2 * row * sizeof(float));
     float *scratch = tk_malloc(nth * kern_attn_scratch_floats(max_ctx, hd) * sizeof(float));
     int32_t *table = tk_malloc(max_ctx / bs * sizeof(int32_t));
     cJSON *arr = cJSON_AddArrayToObject(b->json, "attention");
-    fprintf(b->tab, "\n== kern_attn_paged, one token, %zu heads (%zu KV) x %zu, f16 KV in blocks of %zu\n", n_head, n_kv, hd,
-            bs);
+    cJSON_AddStringToObject(b->json, "attention_kv_type", eng_kv_type_name(o->kv_type));
+    fprintf(b->tab, "\n== kern_attn_paged, one token, %zu heads (%zu KV) x %zu, %s KV in blocks of %zu\n", n_head, n_kv,
+            hd, eng_kv_type_name(o->kv_type), bs);
     fprintf(b->tab, "  %6s %9s %8s %9s\n", "ctx", "us", "KV GB/s", "GFLOP/s");
-    if (!k || !v || !q || !out || !scratch || !table) goto done;
-    for (size_t i = 0; i < kv_elems; i++) k[i] = kern_f32_to_f16(rnd()), v[i] = kern_f32_to_f16(rnd());
+    if (!rb) {
+        fprintf(b->tab, "  (skipped: head size %zu is not a multiple of 32)\n", hd);
+        goto done;
+    }
+    if (!k || !v || !q || !out || !kr || !scratch || !table) goto done;
     for (size_t i = 0; i < max_ctx / bs; i++) table[i] = (int32_t)((i * 7) % (max_ctx / bs)); /* scattered blocks */
+    for (size_t p = 0; p < max_ctx; p++) { /* random rows, stored as the engine stores them */
+        fill_rand(kr, 2 * row, 1.0f);
+        kern_kv_store(k, v, o->kv_type, bs, n_kv, hd, table, (int32_t)p, kr, kr + row);
+    }
     fill_rand(q, n_head * hd, 1.0f);
     for (size_t c = 0; c < 5; c++) {
         if (o->quick && (c == 1 || c == 3)) continue;
         attn_job j = {out, q, scratch, kern_attn_scratch_floats(max_ctx, hd), n_head, ctxs[c],
-                      {k, v, KERN_TYPE_F16, bs, n_kv, hd, table}};
+                      {k, v, o->kv_type, bs, n_kv, hd, table}};
         attn_call_ctx cc = {b->pool, &j};
         double s = time_median(attn_call, &cc, o->min_time / 4);
-        double bytes = 2.0 * (double)(ctxs[c] * row * 2), flops = 4.0 * (double)(n_head * ctxs[c] * hd);
+        double bytes = 2.0 * (double)(ctxs[c] * rb), flops = 4.0 * (double)(n_head * ctxs[c] * hd);
         fprintf(b->tab, "  %6zu %9.1f %8.1f %9.1f\n", ctxs[c], s * 1e6, bytes / s * 1e-9, flops / s * 1e-9);
         cJSON *e = cJSON_CreateObject();
         jnum(e, "ctx", (double)ctxs[c]);
@@ -315,6 +325,7 @@ done:
     tk_free(v);
     tk_free(q);
     tk_free(out);
+    tk_free(kr);
     tk_free(scratch);
     tk_free(table);
 }
@@ -380,7 +391,7 @@ static int step_decode(bench *b, eng_ctx *c, const eng_model *m, cJSON *arr, flo
     const eng_hparams *hp = eng_model_hparams(m);
     int32_t toks[32];
     eng_seq_step seqs[32];
-    size_t kv_row_bytes = (size_t)hp->n_head_kv * hp->head_dim * 2 * 2; /* K and V, f16 */
+    const size_t kv_token_bytes = eng_kv_token_bytes(m, eng_ctx_params_get(c)->kv_type); /* all layers, K and V */
     int32_t batches[3] = {1, 8, 32};
     for (int bi = 0; bi < 3; bi++) {
         int32_t B = batches[bi];
@@ -392,7 +403,7 @@ static int step_decode(bench *b, eng_ctx *c, const eng_model *m, cJSON *arr, flo
         double sec = time_median(step_call, &j, b->o->min_time);
         if (j.rc) return j.rc;
         double wb = (double)eng_model_weight_bytes(m);
-        double kvb = (double)B * hp->n_layer * (double)(b->o->ctx + 1) * (double)kv_row_bytes;
+        double kvb = (double)B * (double)(b->o->ctx + 1) * (double)kv_token_bytes;
         double floor_s = b->bw_gbs > 0 ? (wb + kvb) / (b->bw_gbs * 1e9) : NAN;
         fprintf(b->tab, "  decode batch %2d: %8.2f ms/step %9.1f tok/s %8.1f GB/s   floor %7.2f ms (%.2f of it)\n", B,
                 sec * 1e3, B / sec, (wb + kvb) / sec * 1e-9, floor_s * 1e3, floor_s / sec);
@@ -445,7 +456,7 @@ static int sec_step(bench *b) {
     float *logits = NULL;
     int32_t *tables = NULL;
     int status = 1;
-    fprintf(b->tab, "\n== whole steps (eng_forward), context %d for decodes\n", o->ctx);
+    fprintf(b->tab, "\n== whole steps (eng_forward), context %d for decodes, %s KV\n", o->ctx, eng_kv_type_name(o->kv_type));
     if (o->model ? eng_model_load(o->model, &m, err, sizeof err) != 0 : !(m = load_random_model(b, err, sizeof err))) {
         fprintf(stderr, "tokd bench: %s\n", err);
         return 1;
@@ -462,6 +473,7 @@ static int sec_step(bench *b) {
     p.n_threads = o->threads;
     p.quant_act = o->quant_act;
     p.pin_threads = o->pin;
+    p.kv_type = o->kv_type;
     if (eng_ctx_new(m, &p, &c, err, sizeof err)) {
         fprintf(stderr, "tokd bench: %s\n", err);
         goto done;
@@ -478,6 +490,7 @@ static int sec_step(bench *b) {
     cJSON_AddStringToObject(js, "model", o->model ? o->model : o->shape);
     jnum(js, "weight_bytes", wb);
     jnum(js, "ctx", o->ctx);
+    cJSON_AddStringToObject(js, "kv_type", eng_kv_type_name(o->kv_type));
     int rc = step_decode(b, c, m, cJSON_AddArrayToObject(js, "decode"), logits, tables, per_seq);
     if (!rc) rc = step_prefill(b, c, m, js, logits, tables + 32 * per_seq);
     if (rc) fprintf(stderr, "tokd bench: step: %s\n", eng_ctx_last_error(c));
@@ -507,6 +520,7 @@ static void bench_usage(FILE *f) {
             "  --model PATH       a GGUF model for the step section instead of a random one\n"
             "  --type T           weight type of the random model (default Q8_0)\n"
             "  --ctx N            tokens in context for decode steps (default 128)\n"
+            "  --kv-type TYPE     KV cache of the attn and step sections: f16 (default), q8_0, f32\n"
             "  --prefill N        prefill length (default 512; --quick 64)\n"
             "  --min-time S       seconds per measurement (default 0.5; --quick 0.1)\n"
             "  --quant-act        kern_matmul with llama.cpp-style quantised activations\n"
@@ -554,7 +568,8 @@ static int parse_bench(int argc, char **argv, bench_opts *o) {
         {"quick", 0, 0, 'q'},    {"json", 0, 0, 'J'},      {"only", 1, 0, 'o'},   {"threads", 1, 0, 'j'},
         {"bw-bytes", 1, 0, 'b'}, {"types", 1, 0, 'T'},     {"shape", 1, 0, 's'},  {"model", 1, 0, 'm'},
         {"type", 1, 0, 't'},     {"ctx", 1, 0, 'c'},       {"prefill", 1, 0, 'p'}, {"min-time", 1, 0, 'M'},
-        {"quant-act", 0, 0, 'A'}, {"pin", 0, 0, 'P'},      {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+        {"quant-act", 0, 0, 'A'}, {"pin", 0, 0, 'P'},      {"kv-type", 1, 0, 'K'},  {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     int c;
     long v;
     char *end;
@@ -602,6 +617,12 @@ static int parse_bench(int argc, char **argv, bench_opts *o) {
             else if (c == 'c') o->ctx = (int32_t)v;
             else o->prefill = (int32_t)v, have_prefill = true;
             break;
+        case 'K':
+            if (eng_kv_type_parse(optarg, &o->kv_type)) {
+                fprintf(stderr, "tokd bench: --kv-type: '%s' is not f16, q8_0 or f32\n", optarg);
+                return -1;
+            }
+            break;
         case 'h': bench_usage(stdout); exit(0);
         default: return -1;
         }
@@ -618,7 +639,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o) {
 }
 
 int cli_bench(int argc, char **argv) {
-    bench_opts o = {.sections = SEC_ALL, .model_type = KERN_TYPE_Q8_0, .ctx = 128};
+    bench_opts o = {.sections = SEC_ALL, .model_type = KERN_TYPE_Q8_0, .kv_type = KERN_TYPE_F16, .ctx = 128};
     static const uint32_t all_types[] = {KERN_TYPE_F32,  KERN_TYPE_F16,  KERN_TYPE_BF16, KERN_TYPE_Q8_0, KERN_TYPE_Q4_0,
                                          KERN_TYPE_Q4_1, KERN_TYPE_Q4_K, KERN_TYPE_Q5_K, KERN_TYPE_Q6_K};
     o.n_types = (int)(sizeof all_types / sizeof all_types[0]);

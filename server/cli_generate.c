@@ -22,6 +22,7 @@ typedef struct {
     bool chat, verbose, ignore_eos, quant_act;
     int32_t max_tokens, threads, ctx_size;
     int device; /* 0 cpu, 1 cuda */
+    uint32_t kv_type; /* KERN_TYPE_F16 (default), Q8_0 or F32 */
     eng_sampling_params sp;
     const char *stops[MAX_STOPS];
     size_t n_stops;
@@ -42,6 +43,7 @@ static void gen_usage(FILE *f) {
             "  --ctx-size N         context length (default: min(model's, 4096))\n"
             "  --quant-act          8-bit activations for Q8_0/Q4_0/Q4_1 and K-quant weights, as llama.cpp (faster; default: f32)\n"
             "  --device cpu|cuda    backend (default cpu; cuda needs a build with CUDA)\n"
+            "  --kv-type TYPE       KV cache element type: f16 (default), q8_0 (8-bit, CPU), f32\n"
             "  --verbose            timing and model info on stderr\n");
 }
 
@@ -65,7 +67,7 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
         {"min-p", 1, 0, 'M'},       {"repeat-penalty", 1, 0, 'r'}, {"presence-penalty", 1, 0, 'e'},
         {"frequency-penalty", 1, 0, 'f'}, {"seed", 1, 0, 's'},  {"stop", 1, 0, 'x'},
         {"ignore-eos", 0, 0, 'i'},  {"threads", 1, 0, 'j'},     {"ctx-size", 1, 0, 'C'}, {"quant-act", 0, 0, 'Q'},
-        {"device", 1, 0, 'D'},
+        {"device", 1, 0, 'D'},      {"kv-type", 1, 0, 'K'},
         {"verbose", 0, 0, 'v'},     {"help", 0, 0, 'h'},        {0, 0, 0, 0}};
     double v;
     int c;
@@ -87,6 +89,12 @@ static int parse_opts(int argc, char **argv, gen_opts *o) {
             if (strcmp(optarg, "cpu") == 0) o->device = 0;
             else if (strcmp(optarg, "cuda") == 0) o->device = 1;
             else { fprintf(stderr, "tokd generate: --device: '%s' is not cpu or cuda\n", optarg); return -1; }
+            break;
+        case 'K':
+            if (eng_kv_type_parse(optarg, &o->kv_type)) {
+                fprintf(stderr, "tokd generate: --kv-type: '%s' is not f16, q8_0 or f32\n", optarg);
+                return -1;
+            }
             break;
         case 'h': gen_usage(stdout); exit(0);
         case 'x':
@@ -170,6 +178,7 @@ static int run(const gen_opts *o, const eng_model *m) {
     cp.n_threads = o->threads;
     cp.quant_act = o->quant_act;
     cp.device = o->device;
+    cp.kv_type = o->kv_type;
     cp.max_logits = 1;
     if (eng_ctx_new(m, &cp, &ctx, err, sizeof err)) {
         fprintf(stderr, "tokd generate: %s\n", err);
@@ -207,6 +216,7 @@ int cli_generate(int argc, char **argv) {
     eng_sampling_params_default(&o.sp);
     o.sp.temperature = 0;
     o.max_tokens = 128;
+    o.kv_type = KERN_TYPE_F16;
     if (parse_opts(argc, argv, &o)) return 2;
     if (!o.verbose) tk_log_set_level(TK_LOG_WARN);
     char err[512] = "";

@@ -50,7 +50,7 @@ static void sched_params_from_cfg(const cfg_config *c, const eng_model *m, sched
     eng_ctx_params_default(&p->engine);
     const eng_hparams *hp = eng_model_hparams(m);
     p->engine.block_size = c->block_size;
-    p->engine.kv_type = strcmp(c->kv_type, "f32") == 0 ? KERN_TYPE_F32 : KERN_TYPE_F16;
+    if (eng_kv_type_parse(c->kv_type, &p->engine.kv_type)) p->engine.kv_type = KERN_TYPE_F16; /* config checked the name */
     p->engine.n_threads = c->threads;
     p->engine.quant_act = c->quant_act;
     p->engine.pin_threads = c->pin_threads;
@@ -60,8 +60,7 @@ static void sched_params_from_cfg(const cfg_config *c, const eng_model *m, sched
     if (c->kv_blocks > 0) {
         p->engine.n_blocks = c->kv_blocks;
     } else {
-        size_t per_block = 2ull * hp->n_layer * hp->n_head_kv * hp->head_dim * (size_t)c->block_size *
-                           (p->engine.kv_type == KERN_TYPE_F32 ? 4 : 2);
+        size_t per_block = eng_kv_token_bytes(m, p->engine.kv_type) * (size_t)c->block_size;
         size_t n = ((size_t)c->kv_cache_mb << 20) / (per_block ? per_block : 1);
         p->engine.n_blocks = n > (1u << 24) ? (1 << 24) : (n ? (int32_t)n : 1);
     }

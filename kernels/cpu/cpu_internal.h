@@ -66,8 +66,9 @@ void kern__mm_packed_rows(const kern__mm *j, size_t lo, size_t hi);
  * kern_attn_scratch_floats sizes for this many. */
 #define KERN__ATTN_QT 16
 
-/* A tile of attention queries of one sequence over an f16 cache: query i (q[i], head_dim values
- * already rounded to f16) reads kv head kvh[i] at positions [0, n_ctx[i]) and its result goes
+/* A tile of attention queries of one sequence over an f16 or Q8_0 cache (kv->kv_type): query i
+ * (q[i], head_dim values; already rounded to f16 for an f16 cache, as given for Q8_0) reads kv
+ * head kvh[i] at positions [0, n_ctx[i]) and its result goes
  * to out[i] (head_dim, overwritten); sc[i] is n_ctx[i] floats of scratch. Queries that share a
  * kv head are best placed next to each other (they share loads).
  * Invariant: out[i] depends only on q[i], kvh[i], n_ctx[i], the cache and scale, never on the
@@ -94,8 +95,10 @@ typedef struct {
     void (*mm_packed)(const kern__mm *j, size_t lo, size_t hi);
     /* kern_quantize_act_row, bitwise */
     void (*quant_act)(uint32_t act_type, const float *x, void *out, size_t n);
-    /* a tile of kern_attn_paged_run over an f16 cache (kern__attn_tile) */
+    /* a tile of kern_attn_paged_run over an f16 cache / a Q8_0 cache (kern__attn_tile; the
+     * scalar attn_q8 is the reference arithmetic, kernels/cpu/ops.c) */
     void (*attn_f16)(const kern__attn_tile *t);
+    void (*attn_q8)(const kern__attn_tile *t);
     void (*rmsnorm)(float *out, const float *x, const float *w, size_t n, float eps);
     /* dst[i] = kern_f32_to_f16(src[i]), bitwise for every input but NaN (which stays a NaN) */
     void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);

@@ -247,31 +247,38 @@ void kern_softmax(float *x, size_t n) {
 
 /* ---- paged KV ---- */
 
-static size_t kv_elem_bytes(uint32_t t) { return t == KERN_TYPE_F16 ? 2 : 4; }
-
-static size_t slot_offset(const int32_t *table, size_t block_size, size_t row, int32_t pos) {
+/* Byte offset of position pos's slot in a layer's cache whose slot rows are row_bytes long. */
+static size_t slot_offset(const int32_t *table, size_t block_size, size_t row_bytes, int32_t pos) {
     size_t b = (size_t)table[(size_t)pos / block_size];
-    return (b * block_size + (size_t)pos % block_size) * row;
+    return (b * block_size + (size_t)pos % block_size) * row_bytes;
 }
 
 void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_size,
                    size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
                    const float *k_row, const float *v_row) {
-    size_t row = n_kv_head * head_dim;
-    size_t off = slot_offset(block_table, block_size, row, pos) * kv_elem_bytes(kv_type);
-    if (kv_type == KERN_TYPE_F16) {
-        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)k_layer + off), k_row, row);
-        kern__cur->f32_to_f16((uint16_t *)((uint8_t *)v_layer + off), v_row, row);
-    } else {
-        memcpy((uint8_t *)k_layer + off, k_row, row * 4);
-        memcpy((uint8_t *)v_layer + off, v_row, row * 4);
+    size_t row = n_kv_head * head_dim, rb = kern_row_bytes(kv_type, row);
+    if (rb == 0 || (kv_type == KERN_TYPE_Q8_0 && head_dim % KERN_QK)) abort(); /* eng_ctx_new checks both */
+    uint8_t *k = (uint8_t *)k_layer + slot_offset(block_table, block_size, rb, pos);
+    uint8_t *v = (uint8_t *)v_layer + slot_offset(block_table, block_size, rb, pos);
+    switch (kv_type) {
+    case KERN_TYPE_F16:
+        kern__cur->f32_to_f16((uint16_t *)k, k_row, row);
+        kern__cur->f32_to_f16((uint16_t *)v, v_row, row);
+        break;
+    case KERN_TYPE_Q8_0: /* the heads' blocks line up with the slot row's (head_dim % 32 == 0) */
+        kern__cur->quant_act(KERN_TYPE_Q8_0, k_row, k, row);
+        kern__cur->quant_act(KERN_TYPE_Q8_0, v_row, v, row);
+        break;
+    default:
+        memcpy(k, k_row, row * 4);
+        memcpy(v, v_row, row * 4);
     }
 }
 
-static const void *kv_row(const kern_kv_view *kv, const void *base, size_t pos) {
-    size_t row = kv->n_kv_head * kv->head_dim;
-    size_t off = slot_offset(kv->block_table, kv->block_size, row, (int32_t)pos);
-    return (const uint8_t *)base + off * kv_elem_bytes(kv->kv_type);
+/* Position pos's slot row (all kv heads) of a layer's K or V cache. */
+static const uint8_t *kv_row(const kern_kv_view *kv, const void *base, size_t pos) {
+    size_t rb = kern_row_bytes(kv->kv_type, kv->n_kv_head * kv->head_dim);
+    return (const uint8_t *)base + slot_offset(kv->block_table, kv->block_size, rb, (int32_t)pos);
 }
 
 /* One head over an f16 cache (the reference for kern__ops.attn_f16): scores, softmax, then the
@@ -292,6 +299,50 @@ static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, 
         float a = f16_table[kern_f32_to_f16(scratch[p])];
         for (size_t i = 0; i < hd; i++) oh[i] += a * f16_table[v[i]];
     }
+}
+
+static float q8_scale(const uint8_t *blk) {
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    return f16_table[h];
+}
+
+/* One head over a Q8_0 cache (the reference for kern__ops.attn_q8). K and V rows are head_dim/32
+ * blocks b of (f16 d_b, int8 k_b[32]); q is the query as given, in f32. In f32 arithmetic:
+ *   s[p]   = scale * sum_b (d_b * sum_j (float)k_b[j] * q[32b + j])   (sums in index order)
+ *   w      = softmax(s) (kern_softmax: f32 exponentials, double sum; no f16 rounding)
+ *   out[i] = sum_p w[p] * (d_b * (float)v_b[j]),  i = 32b + j          (p in order, from zero)
+ * d_b * (float)k_b[j] (and d_b * (float)v_b[j]) is exact in f32, an 11-bit by 7-bit product, so
+ * every other path (the SIMD tiles, which scale K before the dot) differs from this one only in
+ * the order and rounding of f32 sums. */
+static void attn_q8_scalar(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
+                           float *scratch) {
+    const size_t hd = kv->head_dim, nb = hd / KERN_QK, hb = nb * (2 + KERN_QK);
+    for (size_t p = 0; p < n_ctx; p++) {
+        const uint8_t *k = kv_row(kv, kv->k, p) + kvh * hb;
+        float s = 0;
+        for (size_t b = 0; b < nb; b++) {
+            const int8_t *kq = (const int8_t *)(k + b * 34 + 2);
+            float bs = 0;
+            for (size_t j = 0; j < KERN_QK; j++) bs += (float)kq[j] * q[b * KERN_QK + j];
+            s += q8_scale(k + b * 34) * bs;
+        }
+        scratch[p] = s * scale;
+    }
+    kern_softmax(scratch, n_ctx);
+    memset(oh, 0, hd * sizeof(float));
+    for (size_t p = 0; p < n_ctx; p++) {
+        const uint8_t *v = kv_row(kv, kv->v, p) + kvh * hb;
+        for (size_t b = 0; b < nb; b++) {
+            const float d = q8_scale(v + b * 34);
+            const int8_t *vq = (const int8_t *)(v + b * 34 + 2);
+            for (size_t j = 0; j < KERN_QK; j++) oh[b * KERN_QK + j] += scratch[p] * (d * (float)vq[j]);
+        }
+    }
+}
+
+static void attn_tile_q8_scalar(const kern__attn_tile *t) {
+    for (size_t i = 0; i < t->n; i++) attn_q8_scalar(t->out[i], t->q[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
 }
 
 static void attn_tile_scalar(const kern__attn_tile *t) {
@@ -316,17 +367,21 @@ size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim) {
     return KERN__ATTN_QT * (head_dim + attn_stride(max_ctx));
 }
 
-/* Scratch: KERN__ATTN_QT q rows (head_dim each), then KERN__ATTN_QT score rows (stride each). */
+/* Scratch: KERN__ATTN_QT q rows (head_dim each; the f16-rounded q of an f16 cache, unused for
+ * Q8_0), then KERN__ATTN_QT score rows (stride each). */
 void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, size_t hi,
                          const kern_kv_view *kv, size_t n_ctx0, float scale, float *scratch) {
     kern_init();
     if (lo >= hi) return;
     const size_t hd = kv->head_dim, group = n_head / kv->n_kv_head, last = (hi - 1) / n_head;
-    if (kv->kv_type != KERN_TYPE_F16) {
+    if (kv->kv_type == KERN_TYPE_F32) {
         for (size_t k = lo; k < hi; k++)
             attn_f32(out + k * hd, q + k * hd, kv, k % n_head / group, n_ctx0 + k / n_head, scale, scratch);
         return;
     }
+    const bool q8 = kv->kv_type == KERN_TYPE_Q8_0;
+    if ((!q8 && kv->kv_type != KERN_TYPE_F16) || (q8 && hd % KERN_QK)) abort(); /* eng_ctx_new checks both */
+    void (*const tile)(const kern__attn_tile *) = q8 ? kern__cur->attn_q8 : kern__cur->attn_f16;
     const size_t stride = attn_stride(n_ctx0 + last);
     float *qr = scratch, *sc = scratch + KERN__ATTN_QT * hd;
     uint16_t qh[1024]; /* head_dim <= 1024 (checked at model load) */
@@ -340,19 +395,22 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
             if (i * n_head + hb > hi) hb = hi - i * n_head;
             for (size_t h = ha; h < hb; h++) {
                 const size_t k = i * n_head + h, j = t.n++;
-                /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
-                kern__cur->f32_to_f16(qh, q + k * hd, hd);
-                for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];
+                if (q8) {
+                    t.q[j] = q + k * hd; /* f32 q meets the Q8_0 K as is */
+                } else { /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
+                    kern__cur->f32_to_f16(qh, q + k * hd, hd);
+                    for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];
+                    t.q[j] = qr + j * hd;
+                }
                 t.kvh[j] = g;
-                t.q[j] = qr + j * hd;
                 t.out[j] = out + k * hd;
                 t.n_ctx[j] = n_ctx0 + i;
                 t.sc[j] = sc + j * stride;
-                if (t.n == KERN__ATTN_QT) kern__cur->attn_f16(&t), t.n = 0;
+                if (t.n == KERN__ATTN_QT) tile(&t), t.n = 0;
             }
         }
     }
-    if (t.n) kern__cur->attn_f16(&t);
+    if (t.n) tile(&t);
 }
 
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
@@ -363,7 +421,7 @@ void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_
 /* ---- dispatch ---- */
 
 const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_tile_scalar,
-                                    rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
+                                    attn_tile_q8_scalar, rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }

@@ -358,12 +358,16 @@ static inline VF vexp(VF x) {
     return vmul(p, vpow2i(n));
 }
 
-/* ---- attention over an f16 KV cache (a tile of queries of one sequence; kern__attn_tile) ----
+/* ---- attention over an f16 or Q8_0 KV cache (a tile of queries of one sequence; kern__attn_tile) ----
+ * One template, compiled once per cache type (attn_f16, attn_q8: `type` is a constant in each).
  * Per query the arithmetic is fixed, whatever else is in the tile (kern__attn_tile's invariant):
  *   score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from zero;
- *   softmax_f16w over its n_ctx scores (vexp, f32 sum, weights rounded to f16 through F16C,
- *   bitwise the scalar kern_f32_to_f16 rounding for finite values);
+ *   softmax_w over its n_ctx scores (vexp, f32 sum; for an f16 cache the weights are then
+ *   rounded to f16 through F16C, bitwise the scalar kern_f32_to_f16 rounding for finite values);
  *   out[d..d+VL) = fma(w[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero.
+ * K[p] and V[p] are the cached values as f32: f16 widened, or a Q8_0 block's d times each int8,
+ * exact in f32 (kv_vec), so the Q8_0 path computes its scalar reference's sums (ops.c,
+ * attn_q8_scalar) in another order only.
  * The tile only shares loads. Its queries are cut into chunks of consecutive queries with one
  * kv head: a K row is widened once per chunk of up to SC_R queries, whose scores for P
  * positions sit in VL accumulators summed together by vhsum_lanes (lane by lane the vhsum
@@ -376,25 +380,58 @@ static inline VF vexp(VF x) {
 #define PV_R (VL == 16 ? 4 : 2)  /* queries per V chunk: PV_R x 4 accumulators */
 #define AG 16                    /* slots per step of the walk; every P divides it */
 
-/* Slot rows of positions [c, c + AG) of a K or V cache (element pointers, kv head 0); positions
- * from n on (past the longest context of the tile) get row c's, which is never used. */
-static inline void attn_rows(const kern_kv_view *kv, const uint16_t *base, size_t c, size_t n, const uint16_t *rp[AG]) {
-    const size_t bs = kv->block_size, row = kv->n_kv_head * kv->head_dim;
+/* Byte offset of value e in a cache row of `type` (F16, or Q8_0 with e a multiple of 32) */
+static inline size_t kv_bytes(uint32_t type, size_t e) { return type == KERN_TYPE_Q8_0 ? e / KERN_QK * 34 : 2 * e; }
+
+/* lane 0 of x in every lane */
+#if VL == 8
+#define vbroadcast0(x) _mm256_broadcastss_ps(x)
+#else
+#define vbroadcast0(x) _mm512_broadcastss_ps(x)
+#endif
+
+/* VL bytes at p, in the low bytes of a 128-bit register */
+static inline __m128i ld_vl_bytes(const uint8_t *p) {
+#if VL == 8
+    return _mm_loadl_epi64((const __m128i *)p);
+#else
+    return ld128(p);
+#endif
+}
+
+/* Values [e, e + VL) of a cache row as f32, p at a value that starts a Q8_0 block (e a constant
+ * once inlined, so the block's scale is read once for all its vectors). Q8_0: d * (float)k for
+ * each int8 k, exact in f32 (d has 11 significant bits, k 7). */
+static inline __attribute__((always_inline)) VF kv_vec(uint32_t type, const uint8_t *p, int e) {
+    if (type == KERN_TYPE_F16) return vload_h((const uint16_t *)p + e);
+    const uint8_t *b = p + 34 * (e / KERN_QK);
+    /* d: the block's first 8 bytes widened as halves (lane 0 is d), then broadcast */
+    const VF d = vbroadcast0(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)b)));
+    return vmul(vcvt_i8(ld_vl_bytes(b + 2 + e % KERN_QK)), d);
+}
+
+/* Slot rows of positions [c, c + AG) of a K or V cache (kv head 0); positions from n on (past the
+ * longest context of the tile) get row c's, which is never used. */
+static inline __attribute__((always_inline)) void attn_rows(uint32_t type, const kern_kv_view *kv, const void *base,
+                                                            size_t c, size_t n, const uint8_t *rp[AG]) {
+    const size_t bs = kv->block_size, row = kv_bytes(type, kv->n_kv_head * kv->head_dim);
+    const uint8_t *b = base;
     if (bs % AG == 0) { /* the AG slots lie in one block */
-        const uint16_t *r0 = base + ((size_t)kv->block_table[c / bs] * bs + c % bs) * row;
+        const uint8_t *r0 = b + ((size_t)kv->block_table[c / bs] * bs + c % bs) * row;
         for (int j = 0; j < AG; j++) rp[j] = r0 + (size_t)j * row;
         return;
     }
     for (size_t j = 0, p = c; j < AG; j++, p++)
-        rp[j] = p < n ? base + ((size_t)kv->block_table[p / bs] * bs + p % bs) * row : rp[0];
+        rp[j] = p < n ? b + ((size_t)kv->block_table[p / bs] * bs + p % bs) * row : rp[0];
 }
 
 /* Scores at positions [c, c + AG) of queries [i0, i0 + R), one kv head (R <= SC_R, a constant
- * once inlined; P = VL / R positions per step, 4 for R = 3) */
-static inline __attribute__((always_inline)) void attn_scores(const kern__attn_tile *t, size_t i0, const int R,
-                                                              const uint16_t *const kr[AG], size_t c) {
-    const int P = R == 3 ? VL / 4 : VL / R;
-    const size_t hd = t->kv->head_dim, off = t->kvh[i0] * hd;
+ * once inlined; P = VL / R positions per step, 4 for R = 3). A K row is read a Q8_0 block (NK
+ * vectors) or one f16 vector at a time. */
+static inline __attribute__((always_inline)) void attn_scores(uint32_t type, const kern__attn_tile *t, size_t i0,
+                                                              const int R, const uint8_t *const kr[AG], size_t c) {
+    const int P = R == 3 ? VL / 4 : VL / R, NK = type == KERN_TYPE_Q8_0 ? KERN_QK / VL : 1;
+    const size_t hd = t->kv->head_dim, off = kv_bytes(type, t->kvh[i0] * hd);
     const float *q[SC_R];
     size_t n_max = 0;
     for (int r = 0; r < R; r++) {
@@ -403,33 +440,40 @@ static inline __attribute__((always_inline)) void attn_scores(const kern__attn_t
     }
     const VF sv = vset1(t->scale);
     for (size_t p0 = c; p0 < c + AG && p0 < n_max; p0 += P) {
-        const uint16_t *const *kp = kr + (p0 - c);
+        const uint8_t *const *kp = kr + (p0 - c);
         VF acc[VL]; /* registers: the loops over them are unrolled */
 #pragma GCC unroll 16
         for (int a = 0; a < VL; a++) acc[a] = vzero();
-        for (size_t d = off; d < off + hd; d += VL)
+        for (size_t d = 0; d < hd; d += (size_t)(NK * VL)) {
+            const size_t db = off + kv_bytes(type, d);
 #pragma GCC unroll 16
-            for (int j = 0; j < P; j++) {
-                const VF k = vload_h(kp[j] + d);
+            for (int j = 0; j < P; j++)
 #pragma GCC unroll 4
-                for (int r = 0; r < R; r++) acc[r * P + j] = vfma(k, vload(q[r] + d - off), acc[r * P + j]);
-            }
+                for (int u = 0; u < NK; u++) {
+                    const VF k = kv_vec(type, kp[j] + db, VL * u);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) acc[r * P + j] = vfma(k, vload(q[r] + d + VL * u), acc[r * P + j]);
+                }
+        }
         float s[VL];
         vstore(s, vmul(vhsum_lanes(acc), sv));
         for (int r = 0; r < R; r++) {
             const size_t n = t->n_ctx[i0 + r];
-            if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0 < (size_t)P ? n - p0 : (size_t)P) * sizeof(float));
+            if (p0 + (size_t)P <= n) memcpy(t->sc[i0 + r] + p0, s + r * P, (size_t)P * sizeof(float)); /* one store */
+            else if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0) * sizeof(float));
         }
     }
 }
 
 /* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
  * [c, c + AG): the running sums start from zero at c = 0 and wait in out between steps
- * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time) */
-static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile *t, size_t i0, const int R, const int NVC,
-                                                          int nv, size_t d0, const uint16_t *const vr[AG], size_t c) {
+ * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time).
+ * d0 is a multiple of 4 * VL, so it starts a Q8_0 block. */
+static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const kern__attn_tile *t, size_t i0, const int R,
+                                                          const int NVC, int nv, size_t d0, const uint8_t *const vr[AG],
+                                                          size_t c) {
     const int nvv = NVC ? NVC : nv;
-    const size_t off = t->kvh[i0] * t->kv->head_dim + d0;
+    const size_t off = kv_bytes(type, t->kvh[i0] * t->kv->head_dim + d0);
     const float *w[PV_R];
     float *o[PV_R];
     size_t n_min = SIZE_MAX, n_max = 0;
@@ -449,10 +493,10 @@ static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile 
     const size_t e = c + AG < n_max ? c + AG : n_max, m = n_min < e ? n_min : e;
     size_t p = c;
     for (; p < m; p++) { /* positions every query of the chunk reaches */
-        const uint16_t *vp = vr[p - c] + off;
+        const uint8_t *vp = vr[p - c] + off;
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = vload_h(vp + VL * k);
+            if (k < nvv) v[k] = kv_vec(type, vp, VL * k);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const VF a = vset1(w[r][p]);
@@ -462,10 +506,10 @@ static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile 
         }
     }
     for (; p < e; p++) { /* the causal tail: only the queries that reach p */
-        const uint16_t *vp = vr[p - c] + off;
+        const uint8_t *vp = vr[p - c] + off;
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = vload_h(vp + VL * k);
+            if (k < nvv) v[k] = kv_vec(type, vp, VL * k);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             if (p >= t->n_ctx[i0 + r]) continue;
@@ -482,28 +526,29 @@ static inline __attribute__((always_inline)) void attn_pv(const kern__attn_tile 
             if (k < nvv) vstore(o[r] + VL * k, acc[r][k]);
 }
 
-static void attn_scores_any(const kern__attn_tile *t, size_t i0, int R, const uint16_t *const kr[AG], size_t c) {
+static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type, const kern__attn_tile *t, size_t i0,
+                                                                  int R, const uint8_t *const kr[AG], size_t c) {
     switch (R) {
-    case 1: attn_scores(t, i0, 1, kr, c); break;
-    case 2: attn_scores(t, i0, 2, kr, c); break;
-    case 3: attn_scores(t, i0, 3, kr, c); break;
-    default: attn_scores(t, i0, 4, kr, c); break;
+    case 1: attn_scores(type, t, i0, 1, kr, c); break;
+    case 2: attn_scores(type, t, i0, 2, kr, c); break;
+    case 3: attn_scores(type, t, i0, 3, kr, c); break;
+    default: attn_scores(type, t, i0, 4, kr, c); break;
     }
 }
 
-static void attn_pv_any(const kern__attn_tile *t, size_t i0, int R, int nv, size_t d0, const uint16_t *const vr[AG],
-                        size_t c) {
+static inline __attribute__((always_inline)) void attn_pv_any(uint32_t type, const kern__attn_tile *t, size_t i0, int R,
+                                                              int nv, size_t d0, const uint8_t *const vr[AG], size_t c) {
     if (nv < 4) { /* head_dim not a multiple of 4 vectors: its last part, one query at a time */
-        for (int r = 0; r < R; r++) attn_pv(t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
+        for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
         return;
     }
     switch (R) {
-    case 1: attn_pv(t, i0, 1, 4, 4, d0, vr, c); break;
+    case 1: attn_pv(type, t, i0, 1, 4, 4, d0, vr, c); break;
 #if PV_R > 2
-    case 2: attn_pv(t, i0, 2, 4, 4, d0, vr, c); break;
-    case 3: attn_pv(t, i0, 3, 4, 4, d0, vr, c); break;
+    case 2: attn_pv(type, t, i0, 2, 4, 4, d0, vr, c); break;
+    case 3: attn_pv(type, t, i0, 3, 4, 4, d0, vr, c); break;
 #endif
-    default: attn_pv(t, i0, PV_R, 4, 4, d0, vr, c); break;
+    default: attn_pv(type, t, i0, PV_R, 4, 4, d0, vr, c); break;
     }
 }
 
@@ -518,7 +563,8 @@ static int attn_chunks(const kern__attn_tile *t, int rmax, size_t i0[KERN__ATTN_
     return n;
 }
 
-static void softmax_f16w(float *x, size_t n) {
+/* Softmax of n scores in place; round_h: the weights then rounded to f16 (an f16 cache's V) */
+static inline __attribute__((always_inline)) void softmax_w(float *x, size_t n, const int round_h) {
     VF m = vset1(-INFINITY);
     size_t i = 0;
     for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
@@ -534,34 +580,40 @@ static void softmax_f16w(float *x, size_t n) {
     for (; i < n; i++) sum += x[i] = expf(x[i] - mx);
     const float inv = (float)(1.0 / sum);
     const VF iv = vset1(inv);
-    for (i = 0; i + VL <= n; i += VL) vstore(x + i, vround_h(vmul(vload(x + i), iv)));
-    for (; i < n; i++) x[i] = _cvtsh_ss(kern_f32_to_f16(x[i] * inv));
+    for (i = 0; i + VL <= n; i += VL) vstore(x + i, round_h ? vround_h(vmul(vload(x + i), iv)) : vmul(vload(x + i), iv));
+    for (; i < n; i++) x[i] = round_h ? _cvtsh_ss(kern_f32_to_f16(x[i] * inv)) : x[i] * inv;
 }
 
-static void attn_f16(const kern__attn_tile *t) {
+static inline __attribute__((always_inline)) void attn_tile(uint32_t type, const kern__attn_tile *t) {
     const kern_kv_view *kv = t->kv;
     const size_t hd = kv->head_dim;
-    if (hd % VL || hd > 1024) {
-        kern__ops_scalar.attn_f16(t);
-        return;
-    }
     size_t n_max = 0, ci[KERN__ATTN_QT];
     int cr[KERN__ATTN_QT];
     for (size_t i = 0; i < t->n; i++) n_max = t->n_ctx[i] > n_max ? t->n_ctx[i] : n_max;
-    const uint16_t *rp[AG];
+    const uint8_t *rp[AG];
     int nc = attn_chunks(t, SC_R, ci, cr);
     for (size_t c = 0; c < n_max; c += AG) {
-        attn_rows(kv, kv->k, c, n_max, rp);
-        for (int k = 0; k < nc; k++) attn_scores_any(t, ci[k], cr[k], rp, c);
+        attn_rows(type, kv, kv->k, c, n_max, rp);
+        for (int k = 0; k < nc; k++) attn_scores_any(type, t, ci[k], cr[k], rp, c);
     }
-    for (size_t i = 0; i < t->n; i++) softmax_f16w(t->sc[i], t->n_ctx[i]);
+    for (size_t i = 0; i < t->n; i++) softmax_w(t->sc[i], t->n_ctx[i], type == KERN_TYPE_F16);
     nc = attn_chunks(t, PV_R, ci, cr);
     for (size_t c = 0; c < n_max; c += AG) {
-        attn_rows(kv, kv->v, c, n_max, rp);
+        attn_rows(type, kv, kv->v, c, n_max, rp);
         for (int k = 0; k < nc; k++)
             for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
-                attn_pv_any(t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
+                attn_pv_any(type, t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
     }
+}
+
+static void attn_f16(const kern__attn_tile *t) {
+    if (t->kv->head_dim % VL || t->kv->head_dim > 1024) kern__ops_scalar.attn_f16(t);
+    else attn_tile(KERN_TYPE_F16, t);
+}
+
+static void attn_q8(const kern__attn_tile *t) {
+    if (t->kv->head_dim % KERN_QK || t->kv->head_dim > 1024) kern__ops_scalar.attn_q8(t);
+    else attn_tile(KERN_TYPE_Q8_0, t);
 }
 
 /* ---- elementwise ---- */
@@ -605,4 +657,4 @@ static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, rmsnorm, f32_to_f16, swiglu, add}
+#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, attn_q8, rmsnorm, f32_to_f16, swiglu, add}

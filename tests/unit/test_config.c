@@ -150,6 +150,8 @@ START_TEST(test_flag_forms) {
     ck_assert_str_eq(c.kv_type, "f32");
     ck_assert_str_eq(c.log_level, "debug");
     ck_assert_str_eq(c.chat_template, "llama3");
+    ck_assert_int_eq(load(&c, err, NULL, "--kv-type", "q8_0", NULL), 0);
+    ck_assert_str_eq(c.kv_type, "q8_0");
 }
 END_TEST
 
@@ -180,7 +182,7 @@ START_TEST(test_file_errors) {
     expect_file_error("{\"prefix_cache\": 1}", CFG_ERR_INVALID, ": prefix_cache: must be true or false");
     expect_file_error("{\"host\": 127}", CFG_ERR_INVALID, ": host: must be a string");
     expect_file_error("{\"host\": \"\"}", CFG_ERR_INVALID, ": host: must not be empty");
-    expect_file_error("{\"kv_type\": \"q4\"}", CFG_ERR_INVALID, ": kv_type: must be one of f16, f32, got 'q4'");
+    expect_file_error("{\"kv_type\": \"q4\"}", CFG_ERR_INVALID, ": kv_type: must be one of f16, q8_0, f32, got 'q4'");
     expect_file_error("{\"log_level\": \"INFO\"}", CFG_ERR_INVALID, ": log_level: must be one of");
     expect_file_error("{\"port\": 1, \"port\": 2}", CFG_ERR_INVALID, ": port: duplicate key");
     expect_file_error("{\"model\": {\"a\": 1}}", CFG_ERR_INVALID, ": model: must be a string");
@@ -234,7 +236,7 @@ START_TEST(test_env_errors) {
     char *bad_bool[] = {"TOKD_PREFIX_CACHE=maybe", NULL};
     expect_error(load(&c, err, bad_bool, NULL), err, "TOKD_PREFIX_CACHE: ", "must be true or false");
     char *bad_enum[] = {"TOKD_KV_TYPE=int4", NULL};
-    expect_error(load(&c, err, bad_enum, NULL), err, "TOKD_KV_TYPE: ", "must be one of f16, f32");
+    expect_error(load(&c, err, bad_enum, NULL), err, "TOKD_KV_TYPE: ", "must be one of f16, q8_0, f32");
     char *lower[] = {"TOKD_port=1", NULL};
     expect_error(load(&c, err, lower, NULL), err, "TOKD_port: ", "unknown variable");
     /* The allow-list (test harness variables) and variables of other programs are ignored. */
@@ -304,7 +306,7 @@ START_TEST(test_help) {
     cfg_print_help(f);
     fclose(f);
     static const char *const want[] = {"--config FILE",       "--model PATH",      "--max-batched-tokens N",
-                                       "--[no-]prefix-cache", "--kv-type TYPE",    "f16|f32",
+                                       "--[no-]prefix-cache", "--kv-type TYPE",    "f16|q8_0|f32",
                                        "default 8080",        "--log-level LEVEL", NULL};
     for (const char *const *w = want; *w; w++)
         ck_assert_msg(strstr(text, *w), "help lacks '%s'", *w);

@@ -575,14 +575,18 @@ END_TEST
 /* One paged-attention case at the current ISA level: a sequence with n_ctx0 - 1 cached
  * positions and n_tok new tokens, K/V in scattered blocks of bs slots. The run of all
  * (token, head) items must match a dense double-precision reference (f16 KV: inputs rounded
- * like the kernel; weights rounded to f16 before meeting V), and every item must be bitwise the
- * same computed alone (kern_attn_paged, one head) and inside split ranges of the run, as the
- * engine's threads cut it. Returns the max abs error. */
-static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t BS, size_t n_ctx0, size_t n_tok) {
-    const bool f16 = type == KERN_TYPE_F16;
-    const size_t eb = f16 ? 2 : 4, row = NKV * HD, n_all = n_ctx0 + n_tok - 1, n_blk = (n_all + BS - 1) / BS;
+ * like the kernel; weights rounded to f16 before meeting V; Q8_0 KV: the dequantised cache and
+ * the f32 q), and every item must be bitwise the same computed alone (kern_attn_paged, one head)
+ * and inside split ranges of the run, as the engine's threads cut it. Returns the max abs error;
+ * *rel_ref (Q8_0 only, else 0): the max abs difference from the scalar reference kernel
+ * (kernels/cpu/ops.c, attn_q8_scalar) over the largest magnitude of its output. */
+static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t BS, size_t n_ctx0, size_t n_tok,
+                         double *rel_ref) {
+    const bool f16 = type == KERN_TYPE_F16, q8 = type == KERN_TYPE_Q8_0;
+    const char *tn = kern_type_name(type);
+    const size_t row = NKV * HD, rb = kern_row_bytes(type, row), n_all = n_ctx0 + n_tok - 1, n_blk = (n_all + BS - 1) / BS;
     const size_t pool_blocks = 2 * n_blk + 3, q_dim = NH * HD, group = NH / NKV;
-    void *K = calloc(pool_blocks * BS * row, eb), *V = calloc(pool_blocks * BS * row, eb);
+    uint8_t *K = calloc(pool_blocks * BS, rb), *V = calloc(pool_blocks * BS, rb);
     int32_t *table = malloc(n_blk * sizeof(int32_t));
     float *k = malloc(n_all * row * sizeof(float)), *v = malloc(n_all * row * sizeof(float));
     float *q = malloc(n_tok * q_dim * sizeof(float)), *out = malloc(n_tok * q_dim * sizeof(float));
@@ -593,6 +597,11 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
     for (size_t p = 0; p < n_all; p++) {
         for (size_t i = 0; i < row; i++) k[p * row + i] = frand(), v[p * row + i] = frand();
         kern_kv_store(K, V, type, BS, NKV, HD, table, (int32_t)p, k + p * row, v + p * row);
+        if (q8) { /* the reference reads what the cache holds */
+            const size_t slot = (size_t)table[p / BS] * BS + p % BS;
+            kern_dequant_row_ref(type, K + slot * rb, k + p * row, row);
+            kern_dequant_row_ref(type, V + slot * rb, v + p * row, row);
+        }
     }
     for (size_t i = 0; i < n_tok * q_dim; i++) q[i] = frand() * 2;
     kern_kv_view kv = {K, V, type, BS, NKV, HD, table};
@@ -621,8 +630,7 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
             /* alone: one token, one head */
             kern_attn_paged(one, q + t * q_dim, NH, h, h + 1, &kv, n, scale, scratch);
             ck_assert_msg(memcmp(one + h * HD, out + t * q_dim + h * HD, HD * sizeof(float)) == 0,
-                          "%s KV %zu/%zu heads x %zu, token %zu head %zu: alone differs from the run", f16 ? "f16" : "f32",
-                          NH, NKV, HD, t, h);
+                          "%s KV %zu/%zu heads x %zu, token %zu head %zu: alone differs from the run", tn, NH, NKV, HD, t, h);
         }
 #undef R16
     /* the run cut into ranges at odd places, as the engine's threads do */
@@ -634,7 +642,18 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
         kern_attn_paged_run(split + t0 * q_dim, q + t0 * q_dim, NH, cuts[c] - t0 * NH, cuts[c + 1] - t0 * NH, &kv,
                             n_ctx0 + t0, scale, scratch);
     }
-    ck_assert_msg(memcmp(split, out, n_tok * q_dim * sizeof(float)) == 0, "%s KV: a split run differs", f16 ? "f16" : "f32");
+    ck_assert_msg(memcmp(split, out, n_tok * q_dim * sizeof(float)) == 0, "%s KV: a split run differs", tn);
+    *rel_ref = 0;
+    if (q8) { /* against the scalar reference kernel: the same sums in another order */
+        const int isa = kern__isa();
+        kern__set_isa(0);
+        kern_attn_paged_run(split, q, NH, 0, n_tok * NH, &kv, n_ctx0, scale, scratch);
+        kern__set_isa(isa);
+        double mag = 0, diff = 0;
+        for (size_t i = 0; i < n_tok * q_dim; i++)
+            mag = fmax(mag, fabs(split[i])), diff = fmax(diff, fabs((double)split[i] - out[i]));
+        *rel_ref = diff / mag;
+    }
     free(K), free(V), free(table), free(k), free(v), free(q), free(out), free(one), free(split), free(scratch), free(s);
     return max_err;
 }
@@ -651,16 +670,74 @@ START_TEST(test_attention_paged_vs_dense) {
     for (int isa = 0; isa <= kern__isa_best(); isa++) {
         ck_assert_int_eq(kern__set_isa(isa), 0);
         for (int kvt = 0; kvt < 2; kvt++) {
-            double worst = 0;
+            double worst = 0, rel;
             for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
                 double e = check_attn(kvt ? KERN_TYPE_F16 : KERN_TYPE_F32, cases[c].nh, cases[c].nkv, cases[c].hd,
-                                      cases[c].bs, cases[c].n_ctx0, cases[c].n_tok);
+                                      cases[c].bs, cases[c].n_ctx0, cases[c].n_tok, &rel);
                 /* f16 KV: a weight the kernel rounds (from f32) to the other f16 neighbour than the
                  * double reference does moves the output by 2^-11 of that weight */
                 ck_assert_msg(e < (kvt ? 2e-4 : 1e-5), "%s %s KV case %zu: %g", isa_name[isa], kvt ? "f16" : "f32", c, e);
                 worst = fmax(worst, e);
             }
             printf("%-6s paged attention (%s KV): max abs err vs dense %.2e\n", isa_name[isa], kvt ? "f16" : "f32", worst);
+        }
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
+/* The same over a Q8_0 cache: head sizes 32, 64, 96 (AVX-512: a last part of 2 vectors) and 128,
+ * GQA groups of 1, 3 and 8, block sizes 1, 7 and 16, odd contexts, single tokens and causal
+ * runs; every level against the double reference over the dequantised cache and against the
+ * scalar reference kernel (relative: the f32 sums in another order). */
+START_TEST(test_attention_q8_0) {
+    static const struct { size_t nh, nkv, hd, bs, n_ctx0, n_tok; } cases[] = {
+        {3, 3, 32, 1, 23, 1},   {9, 3, 64, 7, 130, 3},   {16, 2, 128, 16, 61, 4}, {8, 1, 32, 16, 1, 19},
+        {6, 2, 96, 7, 37, 5},   {4, 4, 128, 1, 300, 2},  {9, 3, 64, 16, 257, 1},  {24, 3, 64, 7, 45, 6},
+        {24, 3, 32, 16, 77, 1}, {3, 1, 128, 7, 5, 11},
+    };
+    kern_init();
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        double worst = 0, worst_rel = 0, rel;
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            double e = check_attn(KERN_TYPE_Q8_0, cases[c].nh, cases[c].nkv, cases[c].hd, cases[c].bs, cases[c].n_ctx0,
+                                  cases[c].n_tok, &rel);
+            ck_assert_msg(e < 1e-5, "%s Q8_0 KV case %zu: %g vs dense", isa_name[isa], c, e);
+            ck_assert_msg(rel < 1e-5, "%s Q8_0 KV case %zu: %g relative to the scalar reference", isa_name[isa], c, rel);
+            worst = fmax(worst, e), worst_rel = fmax(worst_rel, rel);
+        }
+        printf("%-6s paged attention (q8_0 KV): max abs err vs dense %.2e, relative to the scalar kernel %.2e\n",
+               isa_name[isa], worst, worst_rel);
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
+/* kern_kv_store into a Q8_0 cache: at every ISA level bitwise kern_quantize_act_row(Q8_0) of the
+ * slot row (each kv head's head_dim values are whole blocks), in the slot the table names. */
+START_TEST(test_kv_store_q8_0_every_isa) {
+    enum { NKV = 3, HD = 64, ROW = NKV * HD, RB = ROW / 32 * 34, BS = 7 };
+    static float k[ROW], v[ROW];
+    static uint8_t K[4 * BS * RB], V[4 * BS * RB], want_k[RB], want_v[RB];
+    const size_t rb = kern_row_bytes(KERN_TYPE_Q8_0, ROW);
+    ck_assert_uint_eq(rb, RB);
+    const int32_t table[2] = {3, 1};
+    kern_init();
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (int32_t pos = 0; pos < 2 * BS; pos += 3) {
+            for (size_t i = 0; i < ROW; i++) k[i] = frand() * 7, v[i] = i % 32 == 5 ? 0.0f : frand() * 0.01f;
+            for (size_t i = 64; i < 96; i++) v[i] = 0; /* an all-zero block: d = 0 */
+            memset(K, 0xaa, sizeof K), memset(V, 0xaa, sizeof V);
+            kern_kv_store(K, V, KERN_TYPE_Q8_0, BS, NKV, HD, table, pos, k, v);
+            kern_quantize_act_row(KERN_TYPE_Q8_0, k, want_k, ROW);
+            kern_quantize_act_row(KERN_TYPE_Q8_0, v, want_v, ROW);
+            const size_t off = ((size_t)table[pos / BS] * BS + (size_t)pos % BS) * rb;
+            ck_assert_msg(memcmp(K + off, want_k, rb) == 0 && memcmp(V + off, want_v, rb) == 0, "%s pos %d", isa_name[isa], pos);
+            size_t untouched = 0;
+            for (size_t i = 0; i < sizeof K; i++) untouched += (i < off || i >= off + rb) && K[i] == 0xaa;
+            ck_assert_uint_eq(untouched, sizeof K - rb);
         }
     }
     kern__set_isa(kern__isa_best());
@@ -729,6 +806,8 @@ int main(void) {
     tcase_add_test(tc, test_kv_store_f16_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
+    tcase_add_test(tc, test_attention_q8_0);
+    tcase_add_test(tc, test_kv_store_q8_0_every_isa);
     tcase_add_test(tc, test_pool_runs_every_share);
     tcase_add_test(tc, test_pool_pinned);
     suite_add_tcase(s, tc);

@@ -5,8 +5,10 @@
  *  - SmolLM2-135M-Instruct Q4_1: teacher-forced next-token distributions against llama.cpp's
  *    (tests/data/smollm2/reference.json): top-1 agrees wherever the reference's top-1/top-2 gap
  *    exceeds 0.01, mean KL below 0.01; the chat template answers the France question with Paris;
+ *    over a q8_0 KV cache the same bars against llama.cpp, a mean KL below 0.01 against tokd's
+ *    f16 cache, and the chat answer of the f16 cache;
  *  - random tiny models of each architecture: the batched path and the one-sequence path give
- *    bitwise identical logits;
+ *    bitwise identical logits (f16 and q8_0 caches);
  *  - bad model files give errors naming the file and the field. */
 #include <check.h>
 #include <cjson/cJSON.h>
@@ -232,8 +234,10 @@ START_TEST(test_smollm2_teacher_forced) {
     const char *model = tu_default_model();
     ck_assert_msg(model != NULL, "TOKD_MODEL must point at SmolLM2-135M-Instruct.Q4_1.gguf (make model)");
     eng_model *m = load_or_fail(model);
-    bool quant_act = _i == 1; /* both arithmetics: exact f32 and llama.cpp-style activations */
-    eng_ctx *c = ctx_mode(m, 160, 512, KERN_TYPE_F16, quant_act);
+    /* both arithmetics, exact f32 and llama.cpp-style activations; then f32 ones over a q8_0 cache */
+    const bool quant_act = _i == 1;
+    const uint32_t kv_type = _i == 2 ? KERN_TYPE_Q8_0 : KERN_TYPE_F16;
+    eng_ctx *c = ctx_mode(m, 160, 512, kv_type, quant_act);
     size_t len;
     char *txt = tu_read_file("tests/data/smollm2/reference.json", &len);
     ck_assert_msg(txt != NULL, "tests/data/smollm2/reference.json (run from the repo root)");
@@ -280,9 +284,9 @@ START_TEST(test_smollm2_teacher_forced) {
         n_cases++;
     }
     double kl_mean = kl_sum / n_pos;
-    printf("SmolLM2 vs llama.cpp (%s activations): %d cases, %d positions (%d with gap > 0.01, %d top-1 differ, "
-           "all with gap <= %.2f); mean KL %.2e, max %.2e\n", quant_act ? "8-bit" : "f32", n_cases, n_pos, n_gap,
-           n_bad, SMOL_GAP_STRICT, kl_mean, kl_max);
+    printf("SmolLM2 vs llama.cpp (%s activations, %s KV): %d cases, %d positions (%d with gap > 0.01, %d top-1 "
+           "differ, all with gap <= %.2f); mean KL %.2e, max %.2e\n", quant_act ? "8-bit" : "f32",
+           eng_kv_type_name(kv_type), n_cases, n_pos, n_gap, n_bad, SMOL_GAP_STRICT, kl_mean, kl_max);
     ck_assert_int_le(n_bad, quant_act ? SMOL_MAX_FLIPS_QACT : SMOL_MAX_FLIPS);
     ck_assert_int_ge(n_cases, 8);
     ck_assert_msg(kl_mean < 0.01, "mean KL %g", kl_mean);
@@ -295,19 +299,87 @@ START_TEST(test_smollm2_teacher_forced) {
 }
 END_TEST
 
+/* The q8_0 cache against the f16 one, both tokd's (f32 activations), teacher-forced over the
+ * reference cases: KL(f16 || q8_0) over the whole vocabulary at every generated position. */
+START_TEST(test_smollm2_kv_q8_0_vs_f16) {
+    const char *model = tu_default_model();
+    ck_assert_ptr_nonnull(model);
+    eng_model *m = load_or_fail(model);
+    eng_ctx *cf = ctx_mode(m, 160, 512, KERN_TYPE_F16, false), *cq = ctx_mode(m, 160, 512, KERN_TYPE_Q8_0, false);
+    size_t len;
+    char *txt = tu_read_file("tests/data/smollm2/reference.json", &len);
+    ck_assert_ptr_nonnull(txt);
+    cJSON *root = cJSON_Parse(txt);
+    ck_assert_ptr_nonnull(root);
+    const uint32_t V = eng_model_hparams(m)->n_vocab;
+    float *lf = malloc(sizeof(float) * V * 160), *lq8 = malloc(sizeof(float) * V * 160);
+    double *pf = malloc(sizeof(double) * V), *pq = malloc(sizeof(double) * V);
+    int32_t table[16];
+    for (int i = 0; i < 16; i++) table[i] = i;
+    double kl_sum = 0, kl_max = 0;
+    int n_pos = 0, n_top1 = 0;
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
+        int np, ng;
+        int32_t *p = json_ids(cJSON_GetObjectItem(cs, "prompt_ids"), &np);
+        int32_t *g = json_ids(cJSON_GetObjectItem(cs, "gen_ids"), &ng);
+        int32_t toks[160];
+        memcpy(toks, p, np * sizeof(int32_t));
+        memcpy(toks + np, g, (ng - 1) * sizeof(int32_t));
+        const int nt = np + ng - 1;
+        eng_seq_step sq = {table, 0, nt, ENG_LOGITS_ALL};
+        eng_batch b = {toks, nt, &sq, 1};
+        ck_assert_int_eq(eng_forward(cf, &b, lf), nt);
+        ck_assert_int_eq(eng_forward(cq, &b, lq8), nt);
+        for (int i = 0; i < ng; i++) {
+            const size_t r = (size_t)(np - 1 + i) * V;
+            log_softmax(lf + r, V, pf);
+            log_softmax(lq8 + r, V, pq);
+            double kl = 0;
+            uint32_t bf = 0, bq = 0;
+            for (uint32_t v = 0; v < V; v++) {
+                kl += exp(pf[v]) * (pf[v] - pq[v]);
+                bf = pf[v] > pf[bf] ? v : bf, bq = pq[v] > pq[bq] ? v : bq;
+            }
+            kl_sum += kl, kl_max = kl > kl_max ? kl : kl_max;
+            n_top1 += bf == bq;
+            n_pos++;
+        }
+        free(p);
+        free(g);
+    }
+    const double kl_mean = kl_sum / n_pos;
+    printf("SmolLM2 q8_0 KV vs f16 KV: %d positions, mean KL %.2e, max %.2e, same top-1 at %d\n", n_pos, kl_mean, kl_max,
+           n_top1);
+    ck_assert_msg(kl_mean < 0.01, "mean KL %g", kl_mean);
+    cJSON_Delete(root);
+    free(txt), free(lf), free(lq8), free(pf), free(pq);
+    eng_ctx_destroy(cf);
+    eng_ctx_destroy(cq);
+    eng_model_destroy(m);
+}
+END_TEST
+
 static void collect(void *ud, const char *text, size_t len) {
     strncat((char *)ud, text, len < 4000 - strlen(ud) ? len : 4000 - strlen(ud) - 1);
 }
 
+/* _i 0: f16 cache; 1: q8_0 cache. The bare question's first token is a near tie even in exact
+ * arithmetic (f32 cache: 'The' 0.152, 'L' 0.140): llama.cpp-style 8-bit activations over an f16
+ * cache already flip it (and a French verse follows), and so does a q8_0 cache ('L' 0.148, 'The'
+ * 0.135). The q8_0 run therefore asks for one sentence, a question whose answer is not a coin
+ * toss, and must give the f16 cache's answer word for word; test_smollm2_kv_q8_0_vs_f16
+ * measures the cache's drift. */
 START_TEST(test_smollm2_chat_paris) {
     const char *model = tu_default_model();
     ck_assert_ptr_nonnull(model);
     eng_model *m = load_or_fail(model);
-    eng_ctx *c = ctx_or_fail(m, 128, 512, KERN_TYPE_F16);
+    const bool q8 = _i == 1;
+    eng_ctx *c = ctx_or_fail(m, 128, 512, q8 ? KERN_TYPE_Q8_0 : KERN_TYPE_F16);
     chat_tmpl t;
     char err[256];
     ck_assert_msg(chat_tmpl_detect(eng_model_chat_template(m), &t, err, sizeof err) == 0, "%s", err);
-    chat_msg msg = {"user", "What is the capital of France?"};
+    chat_msg msg = {"user", q8 ? "What is the capital of France? Answer in one sentence." : "What is the capital of France?"};
     char *prompt = NULL;
     ck_assert_int_eq(chat_render(&t, &msg, 1, true, "", &prompt, err, sizeof err), 0);
     int32_t ids[256];
@@ -325,8 +397,9 @@ START_TEST(test_smollm2_chat_paris) {
     int32_t gen[64];
     sched_gen_result res;
     ck_assert_int_eq(sched_generate(c, m, &rq, gen, &res, err, sizeof err), 0);
-    printf("SmolLM2 --chat: %s\n", out);
+    printf("SmolLM2 --chat (%s KV): %s\n", q8 ? "q8_0" : "f16", out);
     ck_assert_msg(strstr(out, "Paris") != NULL, "answer: %s", out);
+    if (q8) ck_assert_str_eq(out, "The capital of France is Paris.");
     ck_assert_int_eq(res.finish, SCHED_FINISH_STOP); /* ended on <|im_end|> */
     free(prompt);
     chat_tmpl_free(&t);
@@ -370,11 +443,21 @@ static void run_alone(eng_ctx *c, int s, const int32_t *toks, float *out, uint32
 
 enum { N_TINY = sizeof tiny_cases / sizeof tiny_cases[0] };
 
+/* Cases for a q8_0 cache: head_dim a multiple of 32 (q/k norms, biases, tied output) */
+static const tiny_case tiny_q8_cases[] = {
+    {"llama", KERN_TYPE_Q8_0, 128, 32, true}, {"qwen3", KERN_TYPE_Q6_K, 256, 64, false},
+    {"qwen2", KERN_TYPE_Q5_K, 256, 64, true},
+};
+enum { N_TINY_Q8 = sizeof tiny_q8_cases / sizeof tiny_q8_cases[0] };
+
 /* _i < N_TINY: f32 activations; the same cases again with 8-bit ones (Q8_0/Q8_1/Q8_K; Q8_0/Q4_0/
- * Q4_1 matrices with a multiple of 16 rows run packed on AVX-512, the others plain) */
+ * Q4_1 matrices with a multiple of 16 rows run packed on AVX-512, the others plain), all over an
+ * f16 cache; then the q8_0-cache cases with f32 and with 8-bit activations. */
 START_TEST(test_tiny_batched_equals_single) {
-    const tiny_case *tc = &tiny_cases[_i % N_TINY];
-    const bool quant_act = _i >= N_TINY;
+    const int iq = _i - 2 * N_TINY; /* >= 0: a q8_0-cache case */
+    const tiny_case *tc = iq >= 0 ? &tiny_q8_cases[iq % N_TINY_Q8] : &tiny_cases[_i % N_TINY];
+    const bool quant_act = iq >= 0 ? iq >= N_TINY_Q8 : _i >= N_TINY;
+    const uint32_t kv_type = iq >= 0 ? KERN_TYPE_Q8_0 : KERN_TYPE_F16;
     char path[] = "/tmp/tokd_tiny_XXXXXX";
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
@@ -385,7 +468,7 @@ START_TEST(test_tiny_batched_equals_single) {
     unlink(path);
     ck_assert_int_eq(eng_model_traits(m)->tied_embd, tc->tied);
     uint32_t V = eng_model_hparams(m)->n_vocab;
-    eng_ctx *c = ctx_mode(m, 64, 64, KERN_TYPE_F16, quant_act);
+    eng_ctx *c = ctx_mode(m, 64, 64, kv_type, quant_act);
     int32_t toks[TS][TMAX];
     for (int s = 0; s < TS; s++)
         for (int i = 0; i < TMAX; i++) toks[s][i] = (int32_t)((s * 31 + i * 7 + 3) % V);
@@ -422,8 +505,8 @@ START_TEST(test_tiny_batched_equals_single) {
     }
     for (int s = 0; s < TS; s++) ck_assert_int_eq(n_logit[s], 5);
     ck_assert_msg(memcmp(alone, batched, sizeof(float) * V * 5 * TS) == 0,
-                  "%s/%s (%s activations): batched logits differ", tc->arch, kern_type_name(tc->wtype),
-                  quant_act ? "8-bit" : "f32");
+                  "%s/%s (%s activations, %s KV): batched logits differ", tc->arch, kern_type_name(tc->wtype),
+                  quant_act ? "8-bit" : "f32", eng_kv_type_name(kv_type));
     /* and the logits are finite and not all equal (the model actually ran) */
     ck_assert(isfinite(alone[0]) && alone[0] != alone[1]);
     free(alone);
@@ -465,19 +548,54 @@ START_TEST(test_bad_models) {
 }
 END_TEST
 
+/* A q8_0 cache needs head_dim a multiple of 32: a context for head_dim 16 is an error naming it;
+ * the KV bytes per token follow the type (Q8_0: 34 bytes per 32 values). */
+START_TEST(test_kv_q8_0_head_dim) {
+    char path[] = "/tmp/tokd_hd_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    tu_tiny_spec s = {"llama", 64, 2, 4, 2, 16, 128, 0, KERN_TYPE_F32, false, 1};
+    ck_assert_int_eq(tu_write_tiny_model(&s, path), 0);
+    eng_model *m = load_or_fail(path);
+    unlink(path);
+    eng_ctx_params p;
+    eng_ctx_params_default(&p);
+    p.max_ctx = 64;
+    p.kv_type = KERN_TYPE_Q8_0;
+    char err[256] = "";
+    eng_ctx *c = NULL;
+    ck_assert_int_eq(eng_ctx_new(m, &p, &c, err, sizeof err), ENG_ERR_INVALID);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(err, "q8_0") && strstr(err, "head_dim is 16"), "%s", err);
+    /* 2 layers x K and V x 2 kv heads x 16 values */
+    ck_assert_uint_eq(eng_kv_token_bytes(m, KERN_TYPE_F16), 2 * 2 * 32 * 2);
+    ck_assert_uint_eq(eng_kv_token_bytes(m, KERN_TYPE_F32), 2 * 2 * 32 * 4);
+    ck_assert_uint_eq(eng_kv_token_bytes(m, KERN_TYPE_Q8_0), 2 * 2 * 34);
+    ck_assert_uint_eq(eng_kv_token_bytes(m, KERN_TYPE_Q4_0), 0);
+    uint32_t t = 0;
+    ck_assert(eng_kv_type_parse("q8_0", &t) == 0 && t == KERN_TYPE_Q8_0);
+    ck_assert_int_eq(eng_kv_type_parse("q4_0", &t), ENG_ERR_INVALID);
+    ck_assert_str_eq(eng_kv_type_name(KERN_TYPE_Q8_0), "q8_0");
+    eng_model_destroy(m);
+}
+END_TEST
+
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("reference");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_stories_greedy_reference);
     tcase_add_test(tc, test_stories_batched_greedy);
-    tcase_add_loop_test(tc, test_smollm2_teacher_forced, 0, 2);
-    tcase_add_test(tc, test_smollm2_chat_paris);
+    tcase_add_loop_test(tc, test_smollm2_teacher_forced, 0, 3);
+    tcase_add_test(tc, test_smollm2_kv_q8_0_vs_f16);
+    tcase_add_loop_test(tc, test_smollm2_chat_paris, 0, 2);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("tiny");
     tcase_set_timeout(tt, 60);
-    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * N_TINY);
+    tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * N_TINY + 2 * N_TINY_Q8);
     tcase_add_test(tt, test_bad_models);
+    tcase_add_test(tt, test_kv_q8_0_head_dim);
     suite_add_tcase(s, tt);
     return s;
 }
