@@ -65,6 +65,17 @@ static unsigned wait_generation(kern_pool *p, unsigned seen) {
     return g;
 }
 
+/* The CPUs the process may use, read once before main: sched_getaffinity(0) reports the calling
+ * thread's set, and once a pinned pool has pinned its caller to one CPU, a pool created later
+ * from that thread would otherwise put every worker on that same CPU. */
+static cpu_set_t process_cpus;
+static bool process_cpus_ok;
+
+__attribute__((constructor)) static void read_process_cpus(void) {
+    CPU_ZERO(&process_cpus);
+    process_cpus_ok = sched_getaffinity(0, sizeof process_cpus, &process_cpus) == 0 && CPU_COUNT(&process_cpus) > 0;
+}
+
 /* Pins the calling thread to CPU `cpu`; 0 or an errno */
 static int pin_self(int cpu) {
     cpu_set_t set;
@@ -107,11 +118,10 @@ kern_pool *kern_pool_new_pinned(int n_threads, bool pin) {
     atomic_init(&p->sleeping, 0);
     atomic_init(&p->stop, false);
     if (pin) { /* the process's allowed CPUs, in order: thread i gets the i-th */
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        if (sched_getaffinity(0, sizeof set, &set) == 0)
-            for (int c = 0; c < CPU_SETSIZE; c++)
-                if (CPU_ISSET(c, &set)) p->cpus[p->n_cpus++] = c;
+        cpu_set_t set = process_cpus;
+        if (!process_cpus_ok && sched_getaffinity(0, sizeof set, &set) != 0) CPU_ZERO(&set);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &set)) p->cpus[p->n_cpus++] = c;
         p->pin = p->n_cpus > 0;
     }
     worker_arg *args = worker_args_of(p);

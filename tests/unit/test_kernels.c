@@ -783,6 +783,14 @@ START_TEST(test_pool_pinned) {
     int got[3] = {-1, -1, -1};
     for (int r = 0; r < 20; r++) kern_pool_run(p, cpu_job, got);
     for (int i = 0; i < 3; i++) ck_assert_int_eq(got[i], cpus[i % n]);
+    /* a second pinned pool, created from this thread now pinned to cpus[0] (as tokd bench
+     * creates the engine's pool after its own ran): still spread over every allowed CPU */
+    kern_pool *q = kern_pool_new_pinned(3, true);
+    ck_assert_ptr_nonnull(q);
+    int got2[3] = {-1, -1, -1};
+    for (int r = 0; r < 20; r++) kern_pool_run(q, cpu_job, got2);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(got2[i], cpus[i % n]);
+    kern_pool_destroy(q);
     kern_pool_destroy(p);
     ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0); /* unpin this test thread */
 }
