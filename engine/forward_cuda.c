@@ -161,6 +161,19 @@ static eng_cuda *cuda_alloc(const eng_hparams *hp, const eng_traits *tr, const e
     return g;
 }
 
+/* The end of both constructors: waits for the uploads or fills (rc: their result so far); on
+ * failure destroys g and reports `what` with the CUDA error. */
+static int cuda_done(eng_cuda *g, int rc, const char *what, eng_cuda **out, char *err, size_t errlen) {
+    if (!rc) rc = kcu_sync(g->st);
+    if (rc) {
+        snprintf(err, errlen, "cuda: %s: %s", what, kcu_last_error());
+        eng__cuda_destroy(g);
+        return ENG_ERR_DEVICE;
+    }
+    *out = g;
+    return 0;
+}
+
 int eng__cuda_new(const eng_model *m, const eng_ctx_params *p, eng_cuda **out, char *err, size_t errlen) {
     *out = NULL;
     CK(kcu_init(0, NULL), "device");
@@ -189,14 +202,7 @@ int eng__cuda_new(const eng_model *m, const eng_ctx_params *p, eng_cuda **out, c
         if (g->tied) g->output = g->tok_embd;
         else rc = up_w(g, &g->output, &m->output, true);
     }
-    if (!rc) rc = kcu_sync(g->st);
-    if (rc) {
-        snprintf(err, errlen, "cuda: uploading the weights: %s", kcu_last_error());
-        rc = ENG_ERR_DEVICE;
-        goto fail;
-    }
-    *out = g;
-    return 0;
+    return cuda_done(g, rc, "uploading the weights", out, err, errlen);
 fail:
     eng__cuda_destroy(g);
     return rc;
@@ -249,14 +255,7 @@ int eng__cuda_new_random(const eng_hparams *hp, const eng_traits *tr, uint32_t w
         if (g->tied) g->output = g->tok_embd;
         else rc = rand_w(g, &g->output, wtype, E, hp->n_vocab, seed - 2, true);
     }
-    if (!rc) rc = kcu_sync(g->st);
-    if (rc) {
-        snprintf(err, errlen, "cuda: random weights: %s", kcu_last_error());
-        rc = ENG_ERR_DEVICE;
-        goto fail;
-    }
-    *out = g;
-    return 0;
+    return cuda_done(g, rc, "random weights", out, err, errlen);
 fail:
     eng__cuda_destroy(g);
     return rc;
