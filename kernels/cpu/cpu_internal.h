@@ -23,7 +23,9 @@ typedef struct {
                                * for the quantised-activation GEMM (n_tok > 1); NULL: none (that GEMM
                                * then runs one token at a time, same results) */
     _Atomic size_t *next;     /* packed GEMV (n_tok 1) only, non-NULL: ignore [lo, hi) and take rows
-                               * [r, r + chunk) with r = atomic_fetch_add(next, chunk) until r >= n_out
+                               * [r, r + c) from next until r >= n_out, c a quarter of the rows left
+                               * (16-aligned), at least chunk: big chunks keep the prefetch streams
+                               * long, small ones at the end keep the threads finishing together
                                * (threads that finish early take more; a row's result never depends on
                                * who computes it) */
     size_t chunk;

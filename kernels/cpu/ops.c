@@ -156,8 +156,7 @@ void kern_matmul_multi(kern_pool *p, const kern_matmul_out *outs, int n, const f
     j.dyn = n_tok == 1 && act != KERN_TYPE_F32 && kern__cur->mm_packed && kern_pool_size(p) > 1;
     for (int i = 0; i < n && j.dyn; i++) {
         j.dyn = (outs[i].wtype & KERN_PACKED) != 0;
-        size_t c = outs[i].n_out / ((size_t)kern_pool_size(p) * 4);
-        j.mm[i].chunk = c < 64 ? 64 : (c + 15) / 16 * 16;
+        j.mm[i].chunk = 32; /* the smallest chunk: pk_gemv takes a quarter of the rows left */
         atomic_init(&j.next[i], 0);
     }
     kern_pool_run(p, matmul_worker, &j);

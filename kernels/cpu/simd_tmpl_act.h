@@ -604,10 +604,16 @@ static inline __attribute__((always_inline)) void pk_gemv(uint32_t type, const k
         cx[b] = kc ? -kc * hsum_i32(IDOT32(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(xb + xo)))) : 0;
     }
     for (size_t r0 = lo, r1 = hi;;) {
-        if (j->next) { /* dynamic chunks (kern__mm.next) */
-            r0 = atomic_fetch_add_explicit(j->next, j->chunk, memory_order_relaxed);
+        if (j->next) { /* dynamic chunks (kern__mm.next): a quarter of what is left, at least j->chunk */
+            size_t c;
+            r0 = atomic_load_explicit(j->next, memory_order_relaxed);
+            do {
+                if (r0 >= hi) break;
+                c = (hi - r0) / 4 / 16 * 16;
+                if (c < j->chunk) c = j->chunk;
+            } while (!atomic_compare_exchange_weak_explicit(j->next, &r0, r0 + c, memory_order_relaxed, memory_order_relaxed));
             if (r0 >= hi) break;
-            r1 = r0 + j->chunk < hi ? r0 + j->chunk : hi;
+            r1 = r0 + c < hi ? r0 + c : hi;
         }
         pk_gemv_rows(type, j, r0, r1, dx, sx, cx);
         if (!j->next) break;
