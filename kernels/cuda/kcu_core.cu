@@ -22,7 +22,12 @@ extern "C" const char *kcu_last_error(void) { return kcu_err; }
 
 extern "C" int kcu_init(int dev, kcu_device_info *info) {
     int n = 0;
-    KCU_TRY(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return kcu__fail(KCU_ERR_CUDA, "no usable NVIDIA GPU (is the driver installed and a GPU visible?): %s",
+                         cudaGetErrorString(e));
+    }
     if (dev < 0 || dev >= n) return kcu__fail(KCU_ERR_INVALID, "CUDA device %d does not exist (%d found)", dev, n);
     KCU_TRY(cudaSetDevice(dev), "cudaSetDevice");
     if (!info) return 0;

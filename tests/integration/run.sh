@@ -39,6 +39,12 @@ rm -f "$tmp"
 err=$("$BIN" generate --model "$MODEL" --prompt x --temperature abc 2>&1 >/dev/null); rc=$?
 check "bad flag value: usage error naming it" bash -c "[ $rc -eq 2 ] && grep -q temperature <<<\"\$0\"" "$err"
 
+# --device cuda: answers where a GPU is usable (tests/gpu/ checks it there); elsewhere exit 1 with
+# a message that says why (no GPU or driver, or a build without CUDA), never a crash
+out=$("$BIN" generate --model "$MODEL" --chat --prompt "What is the capital of France?" --max-tokens 16 --device cuda 2>&1); rc=$?
+check "--device cuda: an answer, or a clear error" bash -c \
+    "{ [ $rc -eq 0 ] && grep -q Paris <<<\"\$0\"; } || { [ $rc -eq 1 ] && grep -qiE 'GPU|CUDA' <<<\"\$0\"; }" "$out"
+
 # tokd serve: the official openai client, then raw HTTP (tests/integration/test_*.py)
 here=$(cd "$(dirname "$0")" && pwd)
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet -r "$here/requirements.txt" 2>/dev/null ||
