@@ -73,7 +73,7 @@ static const cfg_key keys[] = {
     INT(block_size, 1, 256, 16, "tokens per KV cache block"),
     STR(kv_type, 1, kv_types, "f16", "TYPE",
         "K/V element type: f16; q8_0 (8-bit blocks as llama.cpp's -ctk/-ctv q8_0: 34 bytes per 32 values, "
-        "so 1.9 times the tokens per kv_cache_mb and faster long-context decode; CPU only, head_dim a "
+        "so 1.9 times the tokens per kv_cache_mb (not faster on CPUs where attention is compute-bound: docs/PERF.md); CPU only, head_dim a "
         "multiple of 32); f32 (debugging)"),
     STR(device, 1, devices, "cpu", "DEV", "compute device: cpu, or cuda when tokd was built with CUDA"),
     BOOL(quant_act, 0,
