@@ -59,6 +59,20 @@ static int32_t *json_ids(const cJSON *arr, int *n) {
     return ids;
 }
 
+/* One case of the SmolLM2 reference: its prompt followed by all but the last generated token
+ * (teacher forcing) in toks (room for 160); *np and *ng: the prompt and generated lengths.
+ * Returns the number of tokens. */
+static int reference_case(const cJSON *cs, int32_t toks[160], int *np, int *ng) {
+    int32_t *p = json_ids(cJSON_GetObjectItem(cs, "prompt_ids"), np);
+    int32_t *g = json_ids(cJSON_GetObjectItem(cs, "gen_ids"), ng);
+    ck_assert_int_le(*np + *ng - 1, 160);
+    memcpy(toks, p, (size_t)*np * sizeof(int32_t));
+    memcpy(toks + *np, g, (size_t)(*ng - 1) * sizeof(int32_t));
+    free(p);
+    free(g);
+    return *np + *ng - 1;
+}
+
 /* ---------- stories260K against llama.cpp's greedy reference ---------- */
 
 START_TEST(test_stories_greedy_reference) {
@@ -253,12 +267,8 @@ START_TEST(test_smollm2_teacher_forced) {
     const cJSON *cs;
     cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
         int np, ng;
-        int32_t *p = json_ids(cJSON_GetObjectItem(cs, "prompt_ids"), &np);
-        int32_t *g = json_ids(cJSON_GetObjectItem(cs, "gen_ids"), &ng);
         int32_t toks[160];
-        memcpy(toks, p, np * sizeof(int32_t));
-        memcpy(toks + np, g, (ng - 1) * sizeof(int32_t));
-        int nt = np + ng - 1;
+        const int nt = reference_case(cs, toks, &np, &ng);
         eng_seq_step sq = {table, 0, nt, ENG_LOGITS_ALL};
         eng_batch b = {toks, nt, &sq, 1};
         ck_assert_int_eq(eng_forward(c, &b, logits), nt);
@@ -279,8 +289,6 @@ START_TEST(test_smollm2_teacher_forced) {
                 }
             }
         }
-        free(p);
-        free(g);
         n_cases++;
     }
     double kl_mean = kl_sum / n_pos;
@@ -321,12 +329,8 @@ START_TEST(test_smollm2_kv_q8_0_vs_f16) {
     const cJSON *cs;
     cJSON_ArrayForEach(cs, cJSON_GetObjectItem(root, "cases")) {
         int np, ng;
-        int32_t *p = json_ids(cJSON_GetObjectItem(cs, "prompt_ids"), &np);
-        int32_t *g = json_ids(cJSON_GetObjectItem(cs, "gen_ids"), &ng);
         int32_t toks[160];
-        memcpy(toks, p, np * sizeof(int32_t));
-        memcpy(toks + np, g, (ng - 1) * sizeof(int32_t));
-        const int nt = np + ng - 1;
+        const int nt = reference_case(cs, toks, &np, &ng);
         eng_seq_step sq = {table, 0, nt, ENG_LOGITS_ALL};
         eng_batch b = {toks, nt, &sq, 1};
         ck_assert_int_eq(eng_forward(cf, &b, lf), nt);
@@ -345,8 +349,6 @@ START_TEST(test_smollm2_kv_q8_0_vs_f16) {
             n_top1 += bf == bq;
             n_pos++;
         }
-        free(p);
-        free(g);
     }
     const double kl_mean = kl_sum / n_pos;
     printf("SmolLM2 q8_0 KV vs f16 KV: %d positions, mean KL %.2e, max %.2e, same top-1 at %d\n", n_pos, kl_mean, kl_max,
