@@ -69,7 +69,8 @@ void kern__mm_packed_rows(const kern__mm *j, size_t lo, size_t hi);
 #define KERN__ATTN_QT 16
 
 /* A tile of attention queries of one sequence over an f16 or Q8_0 cache (kv->kv_type): query i
- * (q[i], head_dim values; already rounded to f16 for an f16 cache, as given for Q8_0) reads kv
+ * (q[i], head_dim values already rounded to f16, for an f16 cache; qq[i], its Q8_0 blocks, for a
+ * Q8_0 cache) reads kv
  * head kvh[i] at positions [0, n_ctx[i]) and its result goes
  * to out[i] (head_dim, overwritten); sc[i] is n_ctx[i] floats of scratch. Queries that share a
  * kv head are best placed next to each other (they share loads).
@@ -80,7 +81,8 @@ typedef struct {
     float scale;
     size_t n; /* 1 .. KERN__ATTN_QT */
     size_t kvh[KERN__ATTN_QT];
-    const float *q[KERN__ATTN_QT];
+    const float *q[KERN__ATTN_QT];    /* f16 cache */
+    const uint8_t *qq[KERN__ATTN_QT]; /* Q8_0 cache: q as Q8_0 blocks (kern_quantize_act_row) */
     float *out[KERN__ATTN_QT];
     size_t n_ctx[KERN__ATTN_QT];
     float *sc[KERN__ATTN_QT];

@@ -307,41 +307,33 @@ static float q8_scale(const uint8_t *blk) {
 }
 
 /* One head over a Q8_0 cache (the reference for kern__ops.attn_q8). K and V rows are head_dim/32
- * blocks b of (f16 d_b, int8 k_b[32]); q is the query as given, in f32. In f32 arithmetic:
- *   s[p]   = scale * sum_b (d_b * sum_j (float)k_b[j] * q[32b + j])   (sums in index order)
+ * blocks b of (f16 d_b, int8 k_b[32]); qq is the query quantised to Q8_0 blocks (f16 e_b, int8
+ * x_b[32]) by kern_quantize_act_row, as llama.cpp quantises q for a Q8_0 K. In f32 arithmetic:
+ *   s[p]   = scale * kern_vec_dot_act(Q8_0, K row, qq): per block the exact integer
+ *            sum_j k_b[j] * x_b[j], then sum = fma((float)isum, d_b * e_b, sum) in block order
  *   w      = softmax(s) (kern_softmax: f32 exponentials, double sum; no f16 rounding)
- *   out[i] = sum_p w[p] * (d_b * (float)v_b[j]),  i = 32b + j          (p in order, from zero)
- * d_b * (float)k_b[j] (and d_b * (float)v_b[j]) is exact in f32, an 11-bit by 7-bit product, so
- * every other path (the SIMD tiles, which scale K before the dot) differs from this one only in
- * the order and rounding of f32 sums. */
-static void attn_q8_scalar(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
+ *   out[i] = sum_p (w[p] * d_b) * (float)v_b[j],  i = 32b + j          (p in order, from zero)
+ * The scores are bitwise those of the SIMD tiles (lane by lane the same chain); the outputs
+ * differ from theirs only in the order of f32 sums. */
+static void attn_q8_scalar(float *oh, const uint8_t *qq, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
                            float *scratch) {
     const size_t hd = kv->head_dim, nb = hd / KERN_QK, hb = nb * (2 + KERN_QK);
-    for (size_t p = 0; p < n_ctx; p++) {
-        const uint8_t *k = kv_row(kv, kv->k, p) + kvh * hb;
-        float s = 0;
-        for (size_t b = 0; b < nb; b++) {
-            const int8_t *kq = (const int8_t *)(k + b * 34 + 2);
-            float bs = 0;
-            for (size_t j = 0; j < KERN_QK; j++) bs += (float)kq[j] * q[b * KERN_QK + j];
-            s += q8_scale(k + b * 34) * bs;
-        }
-        scratch[p] = s * scale;
-    }
+    for (size_t p = 0; p < n_ctx; p++)
+        scratch[p] = kern_vec_dot_act(KERN_TYPE_Q8_0, kv_row(kv, kv->k, p) + kvh * hb, qq, hd) * scale;
     kern_softmax(scratch, n_ctx);
     memset(oh, 0, hd * sizeof(float));
     for (size_t p = 0; p < n_ctx; p++) {
         const uint8_t *v = kv_row(kv, kv->v, p) + kvh * hb;
         for (size_t b = 0; b < nb; b++) {
-            const float d = q8_scale(v + b * 34);
+            const float a = scratch[p] * q8_scale(v + b * 34);
             const int8_t *vq = (const int8_t *)(v + b * 34 + 2);
-            for (size_t j = 0; j < KERN_QK; j++) oh[b * KERN_QK + j] += scratch[p] * (d * (float)vq[j]);
+            for (size_t j = 0; j < KERN_QK; j++) oh[b * KERN_QK + j] += a * (float)vq[j];
         }
     }
 }
 
 static void attn_tile_q8_scalar(const kern__attn_tile *t) {
-    for (size_t i = 0; i < t->n; i++) attn_q8_scalar(t->out[i], t->q[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
+    for (size_t i = 0; i < t->n; i++) attn_q8_scalar(t->out[i], t->qq[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
 }
 
 static void attn_tile_scalar(const kern__attn_tile *t) {
@@ -366,8 +358,8 @@ size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim) {
     return KERN__ATTN_QT * (head_dim + attn_stride(max_ctx));
 }
 
-/* Scratch: KERN__ATTN_QT q rows (head_dim each; the f16-rounded q of an f16 cache, unused for
- * Q8_0), then KERN__ATTN_QT score rows (stride each). */
+/* Scratch: KERN__ATTN_QT q rows (head_dim floats each: the f16-rounded q of an f16 cache, or
+ * the Q8_0 blocks of q for a Q8_0 cache, 34/32 bytes a value), then KERN__ATTN_QT score rows (stride each). */
 void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, size_t hi,
                          const kern_kv_view *kv, size_t n_ctx0, float scale, float *scratch) {
     kern_init();
@@ -394,8 +386,9 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
             if (i * n_head + hb > hi) hb = hi - i * n_head;
             for (size_t h = ha; h < hb; h++) {
                 const size_t k = i * n_head + h, j = t.n++;
-                if (q8) {
-                    t.q[j] = q + k * hd; /* f32 q meets the Q8_0 K as is */
+                if (q8) { /* q quantised to Q8_0 blocks meets the Q8_0 K in integers */
+                    kern__cur->quant_act(KERN_TYPE_Q8_0, q + k * hd, (uint8_t *)(qr + j * hd), hd);
+                    t.qq[j] = (const uint8_t *)(qr + j * hd);
                 } else { /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
                     kern__cur->f32_to_f16(qh, q + k * hd, hd);
                     for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];

@@ -465,6 +465,89 @@ static inline __attribute__((always_inline)) void attn_scores(uint32_t type, con
     }
 }
 
+/* Scores at positions [c, c + AG) of queries [i0, i0 + R) over a Q8_0 K, one kv head (R <= SC_R,
+ * a constant once inlined): the query's Q8_0 blocks meet the cache's in integers. Lane j of the
+ * running sum is position j's own chain of kern_vec_dot_act (Q8_0): per block the exact integer
+ * dot, then sum = fma((float)isum, d_k * d_q, sum), so the scores are bitwise the scalar
+ * reference's. AVX-512: a zmm holds one block of two positions as unsigned bytes (k + 128, gw_w2),
+ * shared by the R queries; vpdpbusd against the query block, started from -128 * (its 4-byte
+ * sums) so the offset cancels lane by lane, and gw_reduce16 leaves position j's sum in lane j.
+ * AVX2: 8 positions at a time, |k| against q * sign(k) (gv_block's arithmetic). */
+static inline __attribute__((always_inline)) void attn_scores_q8(const kern__attn_tile *t, size_t i0, const int R,
+                                                                 const uint8_t *const kr[AG], size_t c) {
+    const size_t nb = t->kv->head_dim / KERN_QK, off = t->kvh[i0] * nb * 34;
+    size_t n_max = 0;
+    for (int r = 0; r < R; r++) n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
+    if (c >= n_max) return;
+    float s[SC_R][AG];
+#if VL == 16
+    __m512 sum[SC_R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) sum[r] = _mm512_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        const size_t ob = off + b * 34;
+        __m512i kz[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) kz[k] = gw_w2(KERN_TYPE_Q8_0, kr[gw_row(k)] + ob, kr[gw_row(k) + 4] + ob);
+        const __m256i dh = _mm256_setr_epi16(ld16(kr[0] + ob), ld16(kr[1] + ob), ld16(kr[2] + ob), ld16(kr[3] + ob),
+                                             ld16(kr[4] + ob), ld16(kr[5] + ob), ld16(kr[6] + ob), ld16(kr[7] + ob),
+                                             ld16(kr[8] + ob), ld16(kr[9] + ob), ld16(kr[10] + ob), ld16(kr[11] + ob),
+                                             ld16(kr[12] + ob), ld16(kr[13] + ob), ld16(kr[14] + ob), ld16(kr[15] + ob));
+        const __m512 dk = _mm512_cvtph_ps(dh);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *xb = t->qq[i0 + r] + b * 34;
+            const __m512i xx = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb + 2)));
+            const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), xx));
+            __m512i p[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) p[k] = _mm512_dpbusd_epi32(init, kz[k], xx);
+            const __m512 sf = _mm512_cvtepi32_ps(gw_reduce16(p, 0));
+            sum[r] = _mm512_fmadd_ps(sf, _mm512_mul_ps(dk, _mm512_set1_ps(h2f(xb))), sum[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(s[r], _mm512_mul_ps(sum[r], _mm512_set1_ps(t->scale)));
+#else
+    for (int h = 0; h < AG / 8; h++) {
+        const uint8_t *const *kp = kr + 8 * h;
+        __m256 sum[SC_R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) sum[r] = _mm256_setzero_ps();
+        for (size_t b = 0; b < nb; b++) {
+            const size_t ob = off + b * 34;
+            __m256i u[8], ws[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) unpack_w(KERN_TYPE_Q8_0, kp[j] + ob, &u[j], &ws[j]);
+            const __m128i dh = _mm_setr_epi16(ld16(kp[0] + ob), ld16(kp[1] + ob), ld16(kp[2] + ob), ld16(kp[3] + ob),
+                                              ld16(kp[4] + ob), ld16(kp[5] + ob), ld16(kp[6] + ob), ld16(kp[7] + ob));
+            const __m256 dk = _mm256_cvtph_ps(dh);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const uint8_t *xb = t->qq[i0 + r] + b * 34;
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(xb + 2));
+                __m256i p[8];
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) p[j] = IDOT32(u[j], _mm256_sign_epi8(x, ws[j]));
+                const __m256 sf = _mm256_cvtepi32_ps(gv_reduce8(p));
+                sum[r] = _mm256_fmadd_ps(sf, _mm256_mul_ps(dk, _mm256_set1_ps(h2f(xb))), sum[r]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) _mm256_storeu_ps(s[r] + 8 * h, _mm256_mul_ps(sum[r], _mm256_set1_ps(t->scale)));
+    }
+#endif
+    for (int r = 0; r < R; r++) {
+        const size_t n = t->n_ctx[i0 + r];
+        if (c + AG <= n)
+#pragma GCC unroll 2
+            for (int h = 0; h < AG; h += VL) vstore(t->sc[i0 + r] + c + h, vload(s[r] + h));
+        else if (c < n)
+            for (size_t h = 0; h < n - c; h++) t->sc[i0 + r][c + h] = s[r][h];
+    }
+}
+
 /* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
  * [c, c + AG): the running sums start from zero at c = 0 and wait in out between steps
  * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time).
@@ -472,7 +555,7 @@ static inline __attribute__((always_inline)) void attn_scores(uint32_t type, con
 static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const kern__attn_tile *t, size_t i0, const int R,
                                                           const int NVC, int nv, size_t d0, const uint8_t *const vr[AG],
                                                           size_t c) {
-    const int nvv = NVC ? NVC : nv;
+    const int nvv = NVC ? NVC : nv, q8 = type == KERN_TYPE_Q8_0;
     const size_t off = kv_bytes(type, t->kvh[i0] * t->kv->head_dim + d0);
     const float *w[PV_R];
     float *o[PV_R];
@@ -484,6 +567,34 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
         n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
     }
     if (c >= n_max) return;
+    /* Q8_0: the weights of the AG positions times each position's block scale, w[p] * d_b, for
+     * the (at most 2) blocks of [d0, d0 + nvv*VL); the block's int8 values then meet them as they
+     * are. Weight slots past n_ctx hold scratch, never used. */
+    enum { NBL = 4 * VL / KERN_QK };
+    float wd[q8 ? PV_R : 1][q8 ? NBL : 1][AG];
+    if (q8)
+#pragma GCC unroll 2
+        for (int bl = 0; bl < NBL; bl++) {
+            if (bl * KERN_QK >= nvv * VL) break;
+            const uint8_t *const *vb = vr;
+            const size_t ob = off + (size_t)bl * 34;
+#pragma GCC unroll 2
+            for (int h = 0; h < AG; h += VL) {
+#if VL == 16
+                const VF dv = _mm512_cvtph_ps(_mm256_setr_epi16(
+                    ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob), ld16(vb[h + 3] + ob), ld16(vb[h + 4] + ob),
+                    ld16(vb[h + 5] + ob), ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob), ld16(vb[h + 8] + ob),
+                    ld16(vb[h + 9] + ob), ld16(vb[h + 10] + ob), ld16(vb[h + 11] + ob), ld16(vb[h + 12] + ob),
+                    ld16(vb[h + 13] + ob), ld16(vb[h + 14] + ob), ld16(vb[h + 15] + ob)));
+#else
+                const VF dv = _mm256_cvtph_ps(_mm_setr_epi16(ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob),
+                                                             ld16(vb[h + 3] + ob), ld16(vb[h + 4] + ob), ld16(vb[h + 5] + ob),
+                                                             ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob)));
+#endif
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) vstore(wd[q8 ? r : 0][q8 ? bl : 0] + h, vmul(vload(w[r] + c + h), dv));
+            }
+        }
     VF acc[PV_R][4], v[4]; /* registers: the loops over them are unrolled */
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -491,34 +602,35 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
         for (int k = 0; k < 4; k++)
             acc[r][k] = c && k < nvv ? vload(o[r] + VL * k) : vzero();
     const size_t e = c + AG < n_max ? c + AG : n_max, m = n_min < e ? n_min : e;
+#define PV_LOAD(k) (q8 ? vcvt_i8(ld_vl_bytes(vp + 34 * (VL * (k) / KERN_QK) + 2 + VL * (k) % KERN_QK)) : kv_vec(type, vp, VL * (k)))
+#define PV_W(r, k) (q8 ? vset1(wd[q8 ? r : 0][q8 ? VL * (k) / KERN_QK : 0][p - c]) : vset1(w[r][p]))
     size_t p = c;
     for (; p < m; p++) { /* positions every query of the chunk reaches */
         const uint8_t *vp = vr[p - c] + off;
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = kv_vec(type, vp, VL * k);
+            if (k < nvv) v[k] = PV_LOAD(k);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const VF a = vset1(w[r][p]);
+        for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++)
-                if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
-        }
+                if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
     }
     for (; p < e; p++) { /* the causal tail: only the queries that reach p */
         const uint8_t *vp = vr[p - c] + off;
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = kv_vec(type, vp, VL * k);
+            if (k < nvv) v[k] = PV_LOAD(k);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             if (p >= t->n_ctx[i0 + r]) continue;
-            const VF a = vset1(w[r][p]);
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++)
-                if (k < nvv) acc[r][k] = vfma(a, v[k], acc[r][k]);
+                if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
         }
     }
+#undef PV_LOAD
+#undef PV_W
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
@@ -528,6 +640,15 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
 
 static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type, const kern__attn_tile *t, size_t i0,
                                                                   int R, const uint8_t *const kr[AG], size_t c) {
+    if (type == KERN_TYPE_Q8_0) {
+        switch (R) {
+        case 1: attn_scores_q8(t, i0, 1, kr, c); break;
+        case 2: attn_scores_q8(t, i0, 2, kr, c); break;
+        case 3: attn_scores_q8(t, i0, 3, kr, c); break;
+        default: attn_scores_q8(t, i0, 4, kr, c); break;
+        }
+        return;
+    }
     switch (R) {
     case 1: attn_scores(type, t, i0, 1, kr, c); break;
     case 2: attn_scores(type, t, i0, 2, kr, c); break;

@@ -576,7 +576,7 @@ END_TEST
  * positions and n_tok new tokens, K/V in scattered blocks of bs slots. The run of all
  * (token, head) items must match a dense double-precision reference (f16 KV: inputs rounded
  * like the kernel; weights rounded to f16 before meeting V; Q8_0 KV: the dequantised cache and
- * the f32 q), and every item must be bitwise the same computed alone (kern_attn_paged, one head)
+ * q quantised to Q8_0 and back), and every item must be bitwise the same computed alone (kern_attn_paged, one head)
  * and inside split ranges of the run, as the engine's threads cut it. Returns the max abs error;
  * *rel_ref (Q8_0 only, else 0): the max abs difference from the scalar reference kernel
  * (kernels/cpu/ops.c, attn_q8_scalar) over the largest magnitude of its output. */
@@ -604,6 +604,15 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
         }
     }
     for (size_t i = 0; i < n_tok * q_dim; i++) q[i] = frand() * 2;
+    float *qd = malloc(n_tok * q_dim * sizeof(float)); /* q as the reference meets K */
+    memcpy(qd, q, n_tok * q_dim * sizeof(float));
+    if (q8) { /* a Q8_0 cache meets q quantised to Q8_0, head by head */
+        uint8_t qb[1024 / 32 * 34];
+        for (size_t i = 0; i < n_tok * NH; i++) {
+            kern_quantize_act_row(KERN_TYPE_Q8_0, q + i * HD, qb, HD);
+            kern_dequant_row_ref(KERN_TYPE_Q8_0, qb, qd + i * HD, HD);
+        }
+    }
     kern_kv_view kv = {K, V, type, BS, NKV, HD, table};
     const float scale = 1.0f / sqrtf((float)HD);
     kern_attn_paged_run(out, q, NH, 0, n_tok * NH, &kv, n_ctx0, scale, scratch);
@@ -612,7 +621,7 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
     for (size_t t = 0; t < n_tok; t++)
         for (size_t h = 0; h < NH; h++) {
             const size_t g = h / group, n = n_ctx0 + t;
-            const float *qh = q + t * q_dim + h * HD;
+            const float *qh = qd + t * q_dim + h * HD;
             double mx = -1e30, sum = 0;
             for (size_t p = 0; p < n; p++) {
                 double d = 0;
@@ -654,7 +663,7 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
             mag = fmax(mag, fabs(split[i])), diff = fmax(diff, fabs((double)split[i] - out[i]));
         *rel_ref = diff / mag;
     }
-    free(K), free(V), free(table), free(k), free(v), free(q), free(out), free(one), free(split), free(scratch), free(s);
+    free(K), free(V), free(table), free(k), free(v), free(q), free(out), free(one), free(split), free(scratch), free(s), free(qd);
     return max_err;
 }
 
