@@ -551,7 +551,8 @@ static inline __attribute__((always_inline)) void attn_scores_q8(const kern__att
 /* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
  * [c, c + AG): the running sums start from zero at c = 0 and wait in out between steps
  * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time).
- * d0 is a multiple of 4 * VL, so it starts a Q8_0 block. */
+ * d0 is a multiple of 4 * VL, so it starts a Q8_0 block. Each output value's chain is its own,
+ * whatever values are computed with it. */
 static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const kern__attn_tile *t, size_t i0, const int R,
                                                           const int NVC, int nv, size_t d0, const uint8_t *const vr[AG],
                                                           size_t c) {
@@ -659,6 +660,17 @@ static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type,
 
 static inline __attribute__((always_inline)) void attn_pv_any(uint32_t type, const kern__attn_tile *t, size_t i0, int R,
                                                               int nv, size_t d0, const uint8_t *const vr[AG], size_t c) {
+    if (nv == 2) { /* a head's last 2 vectors (head_dim 96 or 160 on AVX-512, 48 on AVX2) */
+        switch (R) {
+        case 1: attn_pv(type, t, i0, 1, 2, 2, d0, vr, c); break;
+#if PV_R > 2
+        case 2: attn_pv(type, t, i0, 2, 2, 2, d0, vr, c); break;
+        case 3: attn_pv(type, t, i0, 3, 2, 2, d0, vr, c); break;
+#endif
+        default: attn_pv(type, t, i0, PV_R, 2, 2, d0, vr, c); break;
+        }
+        return;
+    }
     if (nv < 4) { /* head_dim not a multiple of 4 vectors: its last part, one query at a time */
         for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
         return;
