@@ -17,6 +17,7 @@
 /* Attention cost of a (token, head) item beyond its context length, in positions' worth: the
  * q rounding, the softmax pass and the output store (attn_split) */
 #define ATTN_ITEM_OVERHEAD 16
+#define ATTN_SPLIT_MAX_T 4 /* steps of at most this many tokens may spread a query's segments (attn_split_worker) */
 
 struct eng_ctx {
     const eng_model *m;
@@ -35,6 +36,9 @@ struct eng_ctx {
     float *tmp;           /* (T, n_embd) */
     float *scores;        /* (n_threads, attn_scratch) attention scratch */
     size_t attn_scratch;  /* floats per thread: kern_attn_scratch_floats(max_ctx, head_dim) */
+    float *attn_part;     /* (ATTN_SPLIT_MAX_T, n_head, attn_n_seg, head_dim + 2) segment partials of
+                             attn_split_worker; NULL: never split (one thread, short contexts) */
+    size_t attn_n_seg;    /* kern_attn_n_seg(max_ctx) */
     int32_t *tok_seq;     /* (T) owning sequence of each batch token */
     int32_t *tok_pos;     /* (T) position of each batch token */
     uint64_t *attn_cost;  /* (T + 1) prefix sums of the tokens' attention cost (attn_split) */
@@ -102,6 +106,11 @@ static int ctx_alloc(eng_ctx *c) {
         !(c->attn_cost = tk_calloc(T + 1, sizeof(uint64_t))) ||
         !(c->rope_cs = tk_calloc(T * (hp->n_rot ? hp->n_rot : 1), sizeof(float))) ||
         !(c->logit_rows = tk_calloc((size_t)c->p.max_logits, sizeof(int32_t))))
+        return ENG_ERR_NOMEM;
+    c->attn_n_seg = kern_attn_n_seg((size_t)c->p.max_ctx);
+    if (kern_pool_size(c->pool) > 1 && c->attn_n_seg && c->p.kv_type != KERN_TYPE_F32 && c->p.device == 0 &&
+        c->p.attn_split >= 0 &&
+        !(c->attn_part = tk_calloc(ATTN_SPLIT_MAX_T * hp->n_head * c->attn_n_seg * (hp->head_dim + 2), sizeof(float))))
         return ENG_ERR_NOMEM;
     size_t max_in = hp->n_ff > wide ? hp->n_ff : wide;
     if (c->p.quant_act && !(c->mm_scratch = tk_malloc(kern_matmul_scratch_bytes(max_in, T)))) return ENG_ERR_NOMEM;
@@ -220,7 +229,7 @@ void eng_ctx_destroy(eng_ctx *c) {
     for (uint32_t l = 0; c->v_cache && l < c->m->hp.n_layer; l++) tk_free(c->v_cache[l]);
     tk_free(c->k_cache);
     tk_free(c->v_cache);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->attn, c->gate, c->up, c->tmp, c->scores, c->rope_cs};
+    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->attn, c->gate, c->up, c->tmp, c->scores, c->rope_cs, c->attn_part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) tk_free(bufs[i]);
     tk_free(c->tok_seq);
     tk_free(c->tok_pos);
@@ -341,6 +350,79 @@ static void attn_worker(void *ctx, int ith, int nth) {
     }
 }
 
+/* ---- attention of a few tokens at long context: segments across the pool ----
+ * A decode step of one sequence has n_head (token, head) items: 9 heads on 2 threads split
+ * 5 / 4, each thread reading 2 of the 3 kv heads, so attn_worker leaves threads unevenly loaded
+ * and reads the cache 4/3 times over. A query at a context over KERN_ATTN_SEG attends in
+ * segments (kernels/kern.h), so here the items are (token, kv head, segment): every thread gets
+ * an equal share of the positions, the segments' partials go to attn_part and the caller folds
+ * them. The kernels compute each segment alike wherever it runs, so the results are bitwise
+ * attn_worker's. Tokens at shorter contexts are (token, kv head) items computed whole. */
+static kern_kv_view tok_kv(const eng_ctx *c, const eng_batch *b, uint32_t layer, size_t t) {
+    const eng_hparams *hp = &c->m->hp;
+    return (kern_kv_view){c->k_cache[layer], c->v_cache[layer], c->p.kv_type, (size_t)c->p.block_size,
+                          hp->n_head_kv, hp->head_dim, b->seqs[c->tok_seq[t]].block_table};
+}
+
+static void attn_split_worker(void *ctx, int ith, int nth) {
+    const attn_job *j = ctx;
+    eng_ctx *c = j->c;
+    const eng_hparams *hp = &c->m->hp;
+    const size_t T = (size_t)j->b->n_tokens, n_head = hp->n_head, n_kv = hp->n_head_kv, group = n_head / n_kv;
+    const size_t hd = hp->head_dim, q_dim = n_head * hd, seg = KERN_ATTN_SEG;
+    float *scratch = c->scores + (size_t)ith * c->attn_scratch;
+    const float scale = 1.0f / sqrtf((float)hd);
+    uint64_t total = 0;
+    for (size_t t = 0; t < T; t++) total += (uint64_t)n_kv * (uint64_t)(c->tok_pos[t] + 1);
+    /* positions [lo, hi) of the items laid end to end, token by token, kv head by kv head; an
+     * item (a segment, or a whole short context) is this thread's when it starts in them */
+    const uint64_t lo = total * (uint64_t)ith / (uint64_t)nth, hi = total * (uint64_t)(ith + 1) / (uint64_t)nth;
+    uint64_t at = 0;
+    for (size_t t = 0; t < T && at < hi; t++) {
+        const size_t n = (size_t)c->tok_pos[t] + 1, n_seg = kern_attn_n_seg(n);
+        const kern_kv_view kv = tok_kv(c, j->b, j->layer, t);
+        for (size_t g = 0; g < n_kv; g++, at += n) {
+            if (at + n <= lo || at >= hi) continue;
+            if (!n_seg) {
+                if (at >= lo) kern_attn_paged_run(c->attn + t * q_dim, c->q + t * q_dim, n_head, g * group, (g + 1) * group,
+                                                  &kv, n, scale, scratch);
+                continue;
+            }
+            size_t s0 = 0, s1 = 0; /* this thread's segments: those starting in [lo, hi) */
+            while (s0 < n_seg && at + s0 * seg < lo) s0++;
+            s1 = s0;
+            while (s1 < n_seg && at + s1 * seg < hi) s1++;
+            kern_attn_part(c->attn_part + t * n_head * c->attn_n_seg * (hd + 2), c->q + t * q_dim, n_head, g * group,
+                           (g + 1) * group, &kv, n, s0, s1, scale, scratch);
+        }
+    }
+}
+
+/* Whether this step's attention spreads segments: a few tokens, one past KERN_ATTN_SEG */
+static bool attn_use_split(const eng_ctx *c, size_t T) {
+    if (!c->attn_part || T > ATTN_SPLIT_MAX_T) return false;
+    for (size_t t = 0; t < T; t++)
+        if (kern_attn_n_seg((size_t)c->tok_pos[t] + 1)) return true;
+    return false;
+}
+
+static void attn_run(eng_ctx *c, const eng_batch *b, uint32_t il) {
+    attn_job aj = {c, b, il};
+    const size_t T = (size_t)b->n_tokens;
+    if (!attn_use_split(c, T)) {
+        kern_pool_run(c->pool, attn_worker, &aj);
+        return;
+    }
+    kern_pool_run(c->pool, attn_split_worker, &aj);
+    const eng_hparams *hp = &c->m->hp;
+    const size_t hd = hp->head_dim, q_dim = (size_t)hp->n_head * hd;
+    for (size_t t = 0; t < T; t++) {
+        const size_t n = (size_t)c->tok_pos[t] + 1;
+        if (kern_attn_n_seg(n))
+            kern_attn_fold(c->attn + t * q_dim, c->attn_part + t * hp->n_head * c->attn_n_seg * (hd + 2), 0, hp->n_head, hd, n);
+    }
+}
+
 /* ---- per-token work between the matmuls, split across the pool by tokens ----
  * Every phase treats each token on its own (the same calls whatever the split), so the
  * results do not depend on the batch; a step of a few tokens runs it on the calling thread. */
@@ -426,8 +508,7 @@ static void layer_forward(eng_ctx *c, const eng_batch *b, uint32_t il) {
     tok_run(c, b, ly, il, PH_ATTN_NORM);
     mm3(c, &ly->wq, c->q, &ly->wk, c->k, &ly->wv, c->v, c->xn, T); /* one job for Q, K and V */
     tok_run(c, b, ly, il, PH_QKV_POST);
-    attn_job aj = {c, b, il};
-    kern_pool_run(c->pool, attn_worker, &aj);
+    attn_run(c, b, il);
     mm(c, &ly->wo, c->attn, c->tmp, T);
     /* feed-forward block (SwiGLU) */
     tok_run(c, b, ly, il, PH_ATTN_OUT);

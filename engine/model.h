@@ -99,6 +99,9 @@ typedef struct {
                             f16/bf16 tensor cores with f32 accumulation */
     bool cuda_graphs;    /* cuda: replay decode steps from captured CUDA graphs instead of launching
                             kernel by kernel (same results, bit for bit; default on) */
+    int attn_split;      /* cpu: 0 (default) a step of a few tokens spreads the segments of a long
+                            context's attention (kern_attn_part) across the threads; -1 never (the
+                            same results, bit for bit) */
 } eng_ctx_params;
 
 void eng_ctx_params_default(eng_ctx_params *p);

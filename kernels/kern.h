@@ -189,11 +189,32 @@ size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim);
  * heads [h0, h1): out (n_head*head_dim) = softmax(q.K^T * scale) V per head, with GQA (head h
  * uses kv head h / (n_head / n_kv_head)). With an f16 cache, q is rounded to f16 before meeting
  * K and the softmax weights are rounded to f16 before meeting V (llama.cpp's CPU path); sums
- * are f32. With a Q8_0 cache q stays f32 and meets the dequantised K (d * q, exact in f32), the
- * f32 softmax weights meet the dequantised V (kernels/cpu/ops.c, attn_q8_scalar, defines the
- * reference arithmetic). scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
+ * are f32. With a Q8_0 cache q is quantised to Q8_0 and meets K in integers (llama.cpp's
+ * arithmetic for a Q8_0 K: kern_vec_dot_act), and each f32 softmax weight times a V block's
+ * scale meets its int8 values (kernels/cpu/ops.c, attn_q8_scalar, defines the reference
+ * arithmetic). scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);
+
+/* Long contexts. A query with n_ctx > KERN_ATTN_SEG attends in segments of KERN_ATTN_SEG
+ * positions (flash-decoding): per segment the max m of its scores, the weights exp(s - m)
+ * (rounded to f16 for an f16 cache), their sum l and the unnormalised sums o of weights times
+ * V; the segments are then folded in order (out = sum o e^(m - M) / sum l e^(m - M)) with one
+ * fixed rounding. kern_attn_paged computes all of it; kern_attn_part computes the partials of
+ * some segments, so that the segments of one query can be spread over threads, and
+ * kern_attn_fold folds them: bitwise kern_attn_paged's result. */
+#define KERN_ATTN_SEG 512
+/* Segments of a query at context n_ctx: 0 up to KERN_ATTN_SEG (one pass, no partials), else
+ * ceil(n_ctx / KERN_ATTN_SEG). */
+size_t kern_attn_n_seg(size_t n_ctx);
+/* Partials of segments [s_lo, s_hi) of heads [h0, h1) of one token (q: its n_head rows) at
+ * context n_ctx > KERN_ATTN_SEG: head h's segment s goes to part + (h * n_seg + s) * (head_dim
+ * + 2), n_seg = kern_attn_n_seg(n_ctx): head_dim sums, then m and l. F16 or Q8_0 cache.
+ * scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
+void kern_attn_part(float *part, const float *q, size_t n_head, size_t h0, size_t h1, const kern_kv_view *kv,
+                    size_t n_ctx, size_t s_lo, size_t s_hi, float scale, float *scratch);
+/* out (n_head * head_dim, heads [h0, h1) written) from every segment's partials */
+void kern_attn_fold(float *out, const float *part, size_t h0, size_t h1, size_t head_dim, size_t n_ctx);
 
 /* kern_attn_paged for a run of consecutive query tokens of one sequence, over a token-major
  * range of (token, head) items: item k = i * n_head + h (token i of the run, head h) is

@@ -76,9 +76,20 @@ void kern__mm_packed_rows(const kern__mm *j, size_t lo, size_t hi);
  * kv head are best placed next to each other (they share loads).
  * Invariant: out[i] depends only on q[i], kvh[i], n_ctx[i], the cache and scale, never on the
  * other queries of the tile nor on n (bitwise): batched steps equal one-sequence steps. */
+/* Contexts longer than this go in segments of this many positions (kern_attn_n_seg) */
+#define KERN__ATTN_SEG KERN_ATTN_SEG
+
 typedef struct {
     const kern_kv_view *kv;
     float scale;
+    /* Every query of a tile has n_ctx <= KERN__ATTN_SEG, or every one more. The latter are
+     * computed segment by segment, segments [s_lo, s_hi) only: each segment's unnormalised sums
+     * go to ot[i] (head_dim floats of scratch), then to pt[i] + s * (head_dim + 2) as (sums, max,
+     * exp sum) when pt[i] is set (kern_attn_part), else folded into out[i] (kern__attn_fold). */
+    size_t s_lo, s_hi;
+    float *ot[KERN__ATTN_QT];
+    float *pt[KERN__ATTN_QT];
+    size_t c0; /* the position a tile's V sums start from zero at (its segment's first) */
     size_t n; /* 1 .. KERN__ATTN_QT */
     size_t kvh[KERN__ATTN_QT];
     const float *q[KERN__ATTN_QT];    /* f16 cache */
@@ -87,6 +98,12 @@ typedef struct {
     size_t n_ctx[KERN__ATTN_QT];
     float *sc[KERN__ATTN_QT];
 } kern__attn_tile;
+
+/* Folds a segment's (o: head_dim unnormalised sums, m: its max score, l: its exp sum) into a
+ * query's running (out, *M, *L), segments in order, *M = -INFINITY before the first; then
+ * kern__attn_fold_end divides by the total. Out of line: every caller gets the same rounding. */
+void kern__attn_fold(float *out, float *M, float *L, const float *o, float m, float l, size_t hd);
+void kern__attn_fold_end(float *out, float L, size_t hd);
 
 /* Kernels of one ISA level. Every entry is set (the scalar table is the fallback). */
 typedef struct {

@@ -280,64 +280,105 @@ static const uint8_t *kv_row(const kern_kv_view *kv, const void *base, size_t po
     return (const uint8_t *)base + slot_offset(kv->block_table, kv->block_size, rb, (int32_t)pos);
 }
 
-/* One head over an f16 cache (the reference for kern__ops.attn_f16): scores, softmax, then the
- * weights rounded to f16 (as llama.cpp's CPU path does) meet V; the sums stay f32. */
-static void attn_f16_scalar(float *oh, const float *qr, const kern_kv_view *kv, size_t kvh, size_t n_ctx,
-                            float scale, float *scratch) {
-    size_t hd = kv->head_dim;
-    for (size_t p = 0; p < n_ctx; p++) {
-        const uint16_t *k = (const uint16_t *)kv_row(kv, kv->k, p) + kvh * hd;
-        float s = 0;
-        for (size_t i = 0; i < hd; i++) s += f16_table[k[i]] * qr[i];
-        scratch[p] = s * scale;
-    }
-    kern_softmax(scratch, n_ctx);
-    memset(oh, 0, hd * sizeof(float));
-    for (size_t p = 0; p < n_ctx; p++) {
-        const uint16_t *v = (const uint16_t *)kv_row(kv, kv->v, p) + kvh * hd;
-        float a = f16_table[kern_f32_to_f16(scratch[p])];
-        for (size_t i = 0; i < hd; i++) oh[i] += a * f16_table[v[i]];
-    }
-}
-
 static float q8_scale(const uint8_t *blk) {
     uint16_t h;
     memcpy(&h, blk, 2);
     return f16_table[h];
 }
 
-/* One head over a Q8_0 cache (the reference for kern__ops.attn_q8). K and V rows are head_dim/32
- * blocks b of (f16 d_b, int8 k_b[32]); qq is the query quantised to Q8_0 blocks (f16 e_b, int8
- * x_b[32]) by kern_quantize_act_row, as llama.cpp quantises q for a Q8_0 K. In f32 arithmetic:
+/* The reference kernels (kern__ops_scalar.attn_f16 / attn_q8), one query at a time.
+ * f16 cache: q (already rounded to f16) meets K in f32; the softmax weights are rounded to f16
+ * (as llama.cpp's CPU path does) before meeting V; the sums stay f32.
+ * Q8_0 cache: K and V rows are head_dim/32 blocks b of (f16 d_b, int8 k_b[32]); qq is the query
+ * quantised to Q8_0 blocks (f16 e_b, int8 x_b[32]) by kern_quantize_act_row, as llama.cpp
+ * quantises q for a Q8_0 K. In f32 arithmetic:
  *   s[p]   = scale * kern_vec_dot_act(Q8_0, K row, qq): per block the exact integer
  *            sum_j k_b[j] * x_b[j], then sum = fma((float)isum, d_b * e_b, sum) in block order
- *   w      = softmax(s) (kern_softmax: f32 exponentials, double sum; no f16 rounding)
  *   out[i] = sum_p (w[p] * d_b) * (float)v_b[j],  i = 32b + j          (p in order, from zero)
- * The scores are bitwise those of the SIMD tiles (lane by lane the same chain); the outputs
- * differ from theirs only in the order of f32 sums. */
-static void attn_q8_scalar(float *oh, const uint8_t *qq, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
-                           float *scratch) {
-    const size_t hd = kv->head_dim, nb = hd / KERN_QK, hb = nb * (2 + KERN_QK);
-    for (size_t p = 0; p < n_ctx; p++)
-        scratch[p] = kern_vec_dot_act(KERN_TYPE_Q8_0, kv_row(kv, kv->k, p) + kvh * hb, qq, hd) * scale;
-    kern_softmax(scratch, n_ctx);
-    memset(oh, 0, hd * sizeof(float));
-    for (size_t p = 0; p < n_ctx; p++) {
-        const uint8_t *v = kv_row(kv, kv->v, p) + kvh * hb;
-        for (size_t b = 0; b < nb; b++) {
-            const float a = scratch[p] * q8_scale(v + b * 34);
-            const int8_t *vq = (const int8_t *)(v + b * 34 + 2);
-            for (size_t j = 0; j < KERN_QK; j++) oh[b * KERN_QK + j] += a * (float)vq[j];
+ *   The scores are bitwise those of the SIMD tiles (lane by lane the same chain); the outputs
+ *   differ from theirs only in the order of f32 sums.
+ * Weights: up to KERN__ATTN_SEG positions, w = softmax(s) (kern_softmax: f32 exponentials,
+ * double sum). Longer contexts go in segments of KERN__ATTN_SEG positions: per segment its max m,
+ * w[p] = exp(s[p] - m) unnormalised, l = their f32 sum, and o = sum_p w[p] V[p]; the segments are
+ * folded in order by kern__attn_fold and the result divided by the total (kern__attn_fold_end). */
+static float score_scalar(const kern__attn_tile *t, size_t i, size_t p) {
+    const kern_kv_view *kv = t->kv;
+    const size_t hd = kv->head_dim;
+    if (kv->kv_type == KERN_TYPE_Q8_0)
+        return kern_vec_dot_act(KERN_TYPE_Q8_0, kv_row(kv, kv->k, p) + t->kvh[i] * (hd / KERN_QK * 34), t->qq[i], hd) *
+               t->scale;
+    const uint16_t *k = (const uint16_t *)kv_row(kv, kv->k, p) + t->kvh[i] * hd;
+    float s = 0;
+    for (size_t d = 0; d < hd; d++) s += f16_table[k[d]] * t->q[i][d];
+    return s * t->scale;
+}
+
+/* o = sum over p in [p0, p1) of weight w[p] times V[p] (o zeroed first) */
+static void pv_scalar(const kern__attn_tile *t, size_t i, const float *w, size_t p0, size_t p1, float *o) {
+    const kern_kv_view *kv = t->kv;
+    const size_t hd = kv->head_dim, nb = hd / KERN_QK;
+    memset(o, 0, hd * sizeof(float));
+    for (size_t p = p0; p < p1; p++) {
+        if (kv->kv_type == KERN_TYPE_Q8_0) {
+            const uint8_t *v = kv_row(kv, kv->v, p) + t->kvh[i] * nb * 34;
+            for (size_t b = 0; b < nb; b++) {
+                const float a = w[p] * q8_scale(v + b * 34);
+                const int8_t *vq = (const int8_t *)(v + b * 34 + 2);
+                for (size_t j = 0; j < KERN_QK; j++) o[b * KERN_QK + j] += a * (float)vq[j];
+            }
+        } else {
+            const uint16_t *v = (const uint16_t *)kv_row(kv, kv->v, p) + t->kvh[i] * hd;
+            const float a = f16_table[kern_f32_to_f16(w[p])];
+            for (size_t d = 0; d < hd; d++) o[d] += a * f16_table[v[d]];
         }
     }
 }
 
-static void attn_tile_q8_scalar(const kern__attn_tile *t) {
-    for (size_t i = 0; i < t->n; i++) attn_q8_scalar(t->out[i], t->qq[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
+static void attn_tile_scalar(const kern__attn_tile *t) {
+    const size_t hd = t->kv->head_dim;
+    for (size_t i = 0; i < t->n; i++) {
+        const size_t n = t->n_ctx[i];
+        float *w = t->sc[i];
+        if (n <= KERN__ATTN_SEG) {
+            for (size_t p = 0; p < n; p++) w[p] = score_scalar(t, i, p);
+            kern_softmax(w, n);
+            pv_scalar(t, i, w, 0, n, t->out[i]);
+            continue;
+        }
+        float M = -INFINITY, L = 0;
+        for (size_t sg = t->s_lo; sg < t->s_hi && sg * KERN__ATTN_SEG < n; sg++) {
+            const size_t s0 = sg * KERN__ATTN_SEG, s1 = s0 + KERN__ATTN_SEG < n ? s0 + KERN__ATTN_SEG : n;
+            float m = -INFINITY, l = 0;
+            for (size_t p = s0; p < s1; p++) w[p] = score_scalar(t, i, p), m = w[p] > m ? w[p] : m;
+            for (size_t p = s0; p < s1; p++) l += w[p] = expf(w[p] - m);
+            pv_scalar(t, i, w, s0, s1, t->ot[i]);
+            if (t->pt[i]) {
+                float *pp = t->pt[i] + sg * (hd + 2);
+                memcpy(pp, t->ot[i], hd * sizeof(float));
+                pp[hd] = m, pp[hd + 1] = l;
+            } else {
+                kern__attn_fold(t->out[i], &M, &L, t->ot[i], m, l, hd);
+            }
+        }
+        if (!t->pt[i]) kern__attn_fold_end(t->out[i], L, hd);
+    }
 }
 
-static void attn_tile_scalar(const kern__attn_tile *t) {
-    for (size_t i = 0; i < t->n; i++) attn_f16_scalar(t->out[i], t->q[i], t->kv, t->kvh[i], t->n_ctx[i], t->scale, t->sc[i]);
+/* Called, never inlined, by every level and by kern_attn_fold: one machine code, one rounding */
+void kern__attn_fold(float *out, float *M, float *L, const float *o, float m, float l, size_t hd) {
+    if (*M == -INFINITY) { /* the first segment */
+        memcpy(out, o, hd * sizeof(float));
+        *M = m, *L = l;
+        return;
+    }
+    const float mx = m > *M ? m : *M, a = expf(*M - mx), b = expf(m - mx);
+    for (size_t d = 0; d < hd; d++) out[d] = out[d] * a + o[d] * b;
+    *L = *L * a + l * b, *M = mx;
+}
+
+void kern__attn_fold_end(float *out, float L, size_t hd) {
+    const float inv = 1.0f / L;
+    for (size_t d = 0; d < hd; d++) out[d] *= inv;
 }
 
 static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t kvh, size_t n_ctx, float scale,
@@ -355,11 +396,64 @@ static void attn_f32(float *oh, const float *q, const kern_kv_view *kv, size_t k
 static size_t attn_stride(size_t n_ctx) { return (n_ctx + 15) / 16 * 16; }
 
 size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim) {
-    return KERN__ATTN_QT * (head_dim + attn_stride(max_ctx));
+    return KERN__ATTN_QT * (2 * head_dim + attn_stride(max_ctx));
 }
 
+size_t kern_attn_n_seg(size_t n_ctx) { return n_ctx <= KERN__ATTN_SEG ? 0 : (n_ctx + KERN__ATTN_SEG - 1) / KERN__ATTN_SEG; }
+
 /* Scratch: KERN__ATTN_QT q rows (head_dim floats each: the f16-rounded q of an f16 cache, or
- * the Q8_0 blocks of q for a Q8_0 cache, 34/32 bytes a value), then KERN__ATTN_QT score rows (stride each). */
+ * the Q8_0 blocks of q for a Q8_0 cache, 34/32 bytes a value), KERN__ATTN_QT segment sums rows
+ * (head_dim each), then KERN__ATTN_QT score rows (stride each). */
+typedef struct {
+    kern__attn_tile t;
+    void (*tile)(const kern__attn_tile *);
+    float *qr, *ot, *sc;
+    size_t stride;
+    bool q8, seg; /* the tile's cache type; its queries are at contexts over KERN__ATTN_SEG */
+} attn_batch;
+
+static void attn_batch_init(attn_batch *ab, const kern_kv_view *kv, size_t max_ctx, float scale, float *scratch) {
+    const size_t hd = kv->head_dim;
+    ab->q8 = kv->kv_type == KERN_TYPE_Q8_0;
+    if ((!ab->q8 && kv->kv_type != KERN_TYPE_F16) || (ab->q8 && hd % KERN_QK)) abort(); /* eng_ctx_new checks both */
+    ab->tile = ab->q8 ? kern__cur->attn_q8 : kern__cur->attn_f16;
+    ab->t = (kern__attn_tile){.kv = kv, .scale = scale, .s_hi = SIZE_MAX};
+    ab->stride = attn_stride(max_ctx);
+    ab->qr = scratch, ab->ot = scratch + KERN__ATTN_QT * hd, ab->sc = scratch + 2 * KERN__ATTN_QT * hd;
+    ab->seg = false;
+}
+
+static void attn_batch_flush(attn_batch *ab) {
+    if (ab->t.n) ab->tile(&ab->t);
+    ab->t.n = 0;
+}
+
+/* Adds query row q (kv head kvh, context n_ctx) to the tile: its result goes to out, or its
+ * partials to pt (segmented queries, kern_attn_part). A tile holds queries of one kind. */
+static void attn_batch_add(attn_batch *ab, const float *q, size_t kvh, size_t n_ctx, float *out, float *pt) {
+    const size_t hd = ab->t.kv->head_dim;
+    const bool seg = n_ctx > KERN__ATTN_SEG;
+    if (ab->t.n && seg != ab->seg) attn_batch_flush(ab);
+    ab->seg = seg;
+    const size_t j = ab->t.n++;
+    if (ab->q8) { /* q quantised to Q8_0 blocks meets the Q8_0 K in integers */
+        kern__cur->quant_act(KERN_TYPE_Q8_0, q, (uint8_t *)(ab->qr + j * hd), hd);
+        ab->t.qq[j] = (const uint8_t *)(ab->qr + j * hd);
+    } else { /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
+        uint16_t qh[1024]; /* head_dim <= 1024 (checked at model load) */
+        kern__cur->f32_to_f16(qh, q, hd);
+        for (size_t d = 0; d < hd; d++) ab->qr[j * hd + d] = f16_table[qh[d]];
+        ab->t.q[j] = ab->qr + j * hd;
+    }
+    ab->t.kvh[j] = kvh;
+    ab->t.out[j] = out;
+    ab->t.pt[j] = pt;
+    ab->t.ot[j] = ab->ot + j * hd;
+    ab->t.n_ctx[j] = n_ctx;
+    ab->t.sc[j] = ab->sc + j * ab->stride;
+    if (ab->t.n == KERN__ATTN_QT) attn_batch_flush(ab);
+}
+
 void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, size_t hi,
                          const kern_kv_view *kv, size_t n_ctx0, float scale, float *scratch) {
     kern_init();
@@ -370,13 +464,8 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
             attn_f32(out + k * hd, q + k * hd, kv, k % n_head / group, n_ctx0 + k / n_head, scale, scratch);
         return;
     }
-    const bool q8 = kv->kv_type == KERN_TYPE_Q8_0;
-    if ((!q8 && kv->kv_type != KERN_TYPE_F16) || (q8 && hd % KERN_QK)) abort(); /* eng_ctx_new checks both */
-    void (*const tile)(const kern__attn_tile *) = q8 ? kern__cur->attn_q8 : kern__cur->attn_f16;
-    const size_t stride = attn_stride(n_ctx0 + last);
-    float *qr = scratch, *sc = scratch + KERN__ATTN_QT * hd;
-    uint16_t qh[1024]; /* head_dim <= 1024 (checked at model load) */
-    kern__attn_tile t = {.kv = kv, .scale = scale};
+    attn_batch ab;
+    attn_batch_init(&ab, kv, n_ctx0 + last, scale, scratch);
     /* one kv head at a time: its heads of every token of the range in token order; a tile may
      * hold several kv heads (a decode step's heads walk the cache together) */
     for (size_t g = 0; g < kv->n_kv_head; g++) {
@@ -385,24 +474,36 @@ void kern_attn_paged_run(float *out, const float *q, size_t n_head, size_t lo, s
             if (i * n_head + ha < lo) ha = lo - i * n_head;
             if (i * n_head + hb > hi) hb = hi - i * n_head;
             for (size_t h = ha; h < hb; h++) {
-                const size_t k = i * n_head + h, j = t.n++;
-                if (q8) { /* q quantised to Q8_0 blocks meets the Q8_0 K in integers */
-                    kern__cur->quant_act(KERN_TYPE_Q8_0, q + k * hd, (uint8_t *)(qr + j * hd), hd);
-                    t.qq[j] = (const uint8_t *)(qr + j * hd);
-                } else { /* q rounded to f16 before meeting K, as llama.cpp's CPU path does */
-                    kern__cur->f32_to_f16(qh, q + k * hd, hd);
-                    for (size_t d = 0; d < hd; d++) qr[j * hd + d] = f16_table[qh[d]];
-                    t.q[j] = qr + j * hd;
-                }
-                t.kvh[j] = g;
-                t.out[j] = out + k * hd;
-                t.n_ctx[j] = n_ctx0 + i;
-                t.sc[j] = sc + j * stride;
-                if (t.n == KERN__ATTN_QT) tile(&t), t.n = 0;
+                const size_t k = i * n_head + h;
+                attn_batch_add(&ab, q + k * hd, g, n_ctx0 + i, out + k * hd, NULL);
             }
         }
     }
-    if (t.n) tile(&t);
+    attn_batch_flush(&ab);
+}
+
+void kern_attn_part(float *part, const float *q, size_t n_head, size_t h0, size_t h1, const kern_kv_view *kv,
+                    size_t n_ctx, size_t s_lo, size_t s_hi, float scale, float *scratch) {
+    kern_init();
+    const size_t hd = kv->head_dim, group = n_head / kv->n_kv_head, n_seg = kern_attn_n_seg(n_ctx);
+    if (h0 >= h1 || s_lo >= s_hi || !n_seg) return;
+    attn_batch ab;
+    attn_batch_init(&ab, kv, n_ctx, scale, scratch);
+    ab.t.s_lo = s_lo, ab.t.s_hi = s_hi;
+    for (size_t h = h0; h < h1; h++) attn_batch_add(&ab, q + h * hd, h / group, n_ctx, NULL, part + h * n_seg * (hd + 2));
+    attn_batch_flush(&ab);
+}
+
+void kern_attn_fold(float *out, const float *part, size_t h0, size_t h1, size_t head_dim, size_t n_ctx) {
+    const size_t n_seg = kern_attn_n_seg(n_ctx), hd = head_dim;
+    for (size_t h = h0; h < h1; h++) {
+        float M = -INFINITY, L = 0;
+        for (size_t s = 0; s < n_seg; s++) {
+            const float *pp = part + (h * n_seg + s) * (hd + 2);
+            kern__attn_fold(out + h * hd, &M, &L, pp, pp[hd], pp[hd + 1], hd);
+        }
+        kern__attn_fold_end(out + h * hd, L, hd);
+    }
 }
 
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
@@ -413,7 +514,7 @@ void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_
 /* ---- dispatch ---- */
 
 const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_tile_scalar,
-                                    attn_tile_q8_scalar, rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
+                                    attn_tile_scalar, rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }

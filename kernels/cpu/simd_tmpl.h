@@ -549,7 +549,7 @@ static inline __attribute__((always_inline)) void attn_scores_q8(const kern__att
 }
 
 /* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
- * [c, c + AG): the running sums start from zero at c = 0 and wait in out between steps
+ * [c, c + AG): the running sums start from zero at c = c0 and wait in out between steps
  * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time).
  * d0 is a multiple of 4 * VL, so it starts a Q8_0 block. Each output value's chain is its own,
  * whatever values are computed with it. */
@@ -601,7 +601,7 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            acc[r][k] = c && k < nvv ? vload(o[r] + VL * k) : vzero();
+            acc[r][k] = c != t->c0 && k < nvv ? vload(o[r] + VL * k) : vzero();
     const size_t e = c + AG < n_max ? c + AG : n_max, m = n_min < e ? n_min : e;
 #define PV_LOAD(k) (q8 ? vcvt_i8(ld_vl_bytes(vp + 34 * (VL * (k) / KERN_QK) + 2 + VL * (k) % KERN_QK)) : kv_vec(type, vp, VL * (k)))
 #define PV_W(r, k) (q8 ? vset1(wd[q8 ? r : 0][q8 ? VL * (k) / KERN_QK : 0][p - c]) : vset1(w[r][p]))
@@ -717,7 +717,84 @@ static inline __attribute__((always_inline)) void softmax_w(float *x, size_t n, 
     for (; i < n; i++) x[i] = round_h ? _cvtsh_ss(kern_f32_to_f16(x[i] * inv)) : x[i] * inv;
 }
 
+/* One segment's softmax pieces over its n scores x: m = their max, x[p] = exp(x[p] - m) (then
+ * rounded to f16 for an f16 cache, as softmax_w), l = the sum of the unrounded exponentials */
+static inline __attribute__((always_inline)) void softmax_seg(float *x, size_t n, const int round_h, float *m_out,
+                                                              float *l_out) {
+    VF m = vset1(-INFINITY);
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
+    float mx = vhmax(m);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    VF sv = vzero(), mv = vset1(mx);
+    for (i = 0; i + VL <= n; i += VL) {
+        VF e = vexp(vsub(vload(x + i), mv));
+        sv = vadd(sv, e);
+        vstore(x + i, round_h ? vround_h(e) : e);
+    }
+    float sum = vhsum(sv);
+    for (; i < n; i++) {
+        const float e = expf(x[i] - mx);
+        sum += e;
+        x[i] = round_h ? _cvtsh_ss(kern_f32_to_f16(e)) : e;
+    }
+    *m_out = mx, *l_out = sum;
+}
+
+/* A tile of queries at contexts over KERN__ATTN_SEG: segment by segment, the scores, their
+ * softmax pieces and the weighted V sums (into ot), each query's result independent of the
+ * others as in attn_tile; then stored as partials (pt) or folded into out in segment order. */
+static inline __attribute__((always_inline)) void attn_tile_seg(uint32_t type, const kern__attn_tile *t) {
+    const kern_kv_view *kv = t->kv;
+    const size_t hd = kv->head_dim;
+    size_t n_max = 0, ci[KERN__ATTN_QT];
+    int cr[KERN__ATTN_QT];
+    for (size_t i = 0; i < t->n; i++) n_max = t->n_ctx[i] > n_max ? t->n_ctx[i] : n_max;
+    kern__attn_tile u = *t; /* V sums into ot */
+    for (size_t i = 0; i < t->n; i++) u.out[i] = t->ot[i];
+    float M[KERN__ATTN_QT], L[KERN__ATTN_QT], m[KERN__ATTN_QT], l[KERN__ATTN_QT];
+    for (size_t i = 0; i < t->n; i++) M[i] = -INFINITY, L[i] = 0;
+    const uint8_t *rp[AG];
+    const int nsc = attn_chunks(t, SC_R, ci, cr);
+    size_t pi[KERN__ATTN_QT];
+    int pr[KERN__ATTN_QT];
+    const int npv = attn_chunks(t, PV_R, pi, pr);
+    for (size_t sg = t->s_lo; sg < t->s_hi && sg * KERN__ATTN_SEG < n_max; sg++) {
+        const size_t s0 = sg * KERN__ATTN_SEG, s1 = s0 + KERN__ATTN_SEG < n_max ? s0 + KERN__ATTN_SEG : n_max;
+        u.c0 = s0;
+        for (size_t c = s0; c < s1; c += AG) {
+            attn_rows(type, kv, kv->k, c, n_max, rp);
+            for (int k = 0; k < nsc; k++) attn_scores_any(type, &u, ci[k], cr[k], rp, c);
+        }
+        for (size_t i = 0; i < t->n; i++)
+            if (t->n_ctx[i] > s0)
+                softmax_seg(t->sc[i] + s0, (t->n_ctx[i] < s1 ? t->n_ctx[i] : s1) - s0, type == KERN_TYPE_F16, &m[i], &l[i]);
+        for (size_t c = s0; c < s1; c += AG) {
+            attn_rows(type, kv, kv->v, c, n_max, rp);
+            for (int k = 0; k < npv; k++)
+                for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
+                    attn_pv_any(type, &u, pi[k], pr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
+        }
+        for (size_t i = 0; i < t->n; i++) {
+            if (t->n_ctx[i] <= s0) continue;
+            if (t->pt[i]) {
+                float *pp = t->pt[i] + sg * (hd + 2);
+                memcpy(pp, t->ot[i], hd * sizeof(float));
+                pp[hd] = m[i], pp[hd + 1] = l[i];
+            } else {
+                kern__attn_fold(t->out[i], &M[i], &L[i], t->ot[i], m[i], l[i], hd);
+            }
+        }
+    }
+    for (size_t i = 0; i < t->n; i++)
+        if (!t->pt[i]) kern__attn_fold_end(t->out[i], L[i], hd);
+}
+
 static inline __attribute__((always_inline)) void attn_tile(uint32_t type, const kern__attn_tile *t) {
+    if (t->n_ctx[0] > KERN__ATTN_SEG) {
+        attn_tile_seg(type, t);
+        return;
+    }
     const kern_kv_view *kv = t->kv;
     const size_t hd = kv->head_dim;
     size_t n_max = 0, ci[KERN__ATTN_QT];

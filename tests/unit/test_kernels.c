@@ -652,6 +652,25 @@ static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t
                             n_ctx0 + t0, scale, scratch);
     }
     ck_assert_msg(memcmp(split, out, n_tok * q_dim * sizeof(float)) == 0, "%s KV: a split run differs", tn);
+    /* long contexts: the segments' partials computed in pieces (as the engine's threads cut a
+     * decode step), then folded, give the run's result bitwise */
+    for (size_t t = 0; t < n_tok && type != KERN_TYPE_F32; t++) {
+        const size_t n = n_ctx0 + t, n_seg = kern_attn_n_seg(n);
+        if (!n_seg) continue;
+        float *part = malloc(NH * n_seg * (HD + 2) * sizeof(float));
+        memset(part, 0xff, NH * n_seg * (HD + 2) * sizeof(float));
+        const size_t cut_s = (size_t)((frand() + 1) * 0.5 * (double)(n_seg + 1)), cut_h = group * (1 + (size_t)((frand() + 1) * 0.5 * (double)(NKV - 1)));
+        for (size_t g = 0; g < NKV; g++) /* one kv head's heads at a time, its segments in two pieces */
+            for (int piece = 0; piece < 2; piece++)
+                kern_attn_part(part, q + t * q_dim, NH, g * group, (g + 1) * group, &kv, n, piece ? cut_s : 0,
+                               piece ? n_seg : cut_s, scale, scratch);
+        memset(one, 0xff, q_dim * sizeof(float));
+        kern_attn_fold(one, part, 0, cut_h, HD, n);
+        kern_attn_fold(one, part, cut_h, NH, HD, n);
+        ck_assert_msg(memcmp(one, out + t * q_dim, q_dim * sizeof(float)) == 0,
+                      "%s KV ctx %zu: segment partials folded differ from the run", tn, n);
+        free(part);
+    }
     *rel_ref = 0;
     if (q8) { /* against the scalar reference kernel: the same sums in another order */
         const int isa = kern__isa();
@@ -674,6 +693,7 @@ START_TEST(test_attention_paged_vs_dense) {
     static const struct { size_t nh, nkv, hd, bs, n_ctx0, n_tok; } cases[] = {
         {6, 2, 48, 4, 23, 1},   {6, 2, 48, 4, 1, 9},     {8, 8, 64, 16, 37, 5}, {9, 3, 64, 16, 130, 3},
         {16, 2, 128, 5, 61, 4}, {16, 2, 128, 16, 1, 19}, {32, 4, 64, 16, 9, 3}, {4, 1, 64, 3, 300, 2},
+        {9, 3, 64, 16, 1100, 2}, {6, 2, 48, 7, 509, 6}, /* over KERN_ATTN_SEG: segments; across it */
     };
     kern_init();
     for (int isa = 0; isa <= kern__isa_best(); isa++) {
@@ -703,7 +723,7 @@ START_TEST(test_attention_q8_0) {
     static const struct { size_t nh, nkv, hd, bs, n_ctx0, n_tok; } cases[] = {
         {3, 3, 32, 1, 23, 1},   {9, 3, 64, 7, 130, 3},   {16, 2, 128, 16, 61, 4}, {8, 1, 32, 16, 1, 19},
         {6, 2, 96, 7, 37, 5},   {4, 4, 128, 1, 300, 2},  {9, 3, 64, 16, 257, 1},  {24, 3, 64, 7, 45, 6},
-        {24, 3, 32, 16, 77, 1}, {3, 1, 128, 7, 5, 11},
+        {24, 3, 32, 16, 77, 1}, {3, 1, 128, 7, 5, 11}, {9, 3, 64, 16, 2049, 1}, {6, 2, 96, 7, 508, 7},
     };
     kern_init();
     for (int isa = 0; isa <= kern__isa_best(); isa++) {

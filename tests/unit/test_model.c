@@ -518,6 +518,72 @@ START_TEST(test_tiny_batched_equals_single) {
 }
 END_TEST
 
+/* Long contexts (over KERN_ATTN_SEG positions: attention in segments). A step of a few tokens
+ * spreads one query's segments across the threads (attn_split), a long prefill chunk computes
+ * them whole: the logits must be bitwise the same either way, and with one thread, for an f16
+ * and a q8_0 cache. Two sequences at 1,100 and 700 tokens (prefilled in chunks of 200, the
+ * last chunk ending in a step of 3 tokens), then 3 decode steps of both together. */
+static void long_ctx_run(eng_ctx *c, uint32_t V, float *out) {
+    enum { LA = 1100, LB = 700, CH = 200 };
+    static int32_t toks[2][LA + 3];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < LA + 3; i++) toks[s][i] = (int32_t)((s * 131 + i * 17 + 5) % V);
+    static int32_t tables[2][80];
+    for (int i = 0; i < 80; i++) tables[0][i] = i, tables[1][i] = 80 + i;
+    const int len[2] = {LA, LB};
+    size_t nr = 0;
+    for (int s = 0; s < 2; s++)
+        for (int done = 0; done < len[s];) {
+            const int n = len[s] - done > CH + 3 ? CH : len[s] - done > 3 ? len[s] - done - 3 : len[s] - done;
+            eng_seq_step sq = {tables[s], done, n, ENG_LOGITS_LAST};
+            eng_batch b = {toks[s] + done, n, &sq, 1};
+            ck_assert_int_eq(eng_forward(c, &b, out + nr++ * V), 1);
+            done += n;
+        }
+    for (int d = 0; d < 3; d++) {
+        int32_t bt[2] = {toks[0][LA + d], toks[1][LB + d]};
+        eng_seq_step sq[2] = {{tables[0], LA + d, 1, ENG_LOGITS_LAST}, {tables[1], LB + d, 1, ENG_LOGITS_LAST}};
+        eng_batch b = {bt, 2, sq, 2};
+        ck_assert_int_eq(eng_forward(c, &b, out + nr * V), 2);
+        nr += 2;
+    }
+}
+
+START_TEST(test_long_context_split) {
+    const uint32_t kv_type = _i ? KERN_TYPE_Q8_0 : KERN_TYPE_F16;
+    char path[] = "/tmp/tokd_long_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    tu_tiny_spec spec = {"llama", 192, 2, 6, 2, 32, 256, 5, KERN_TYPE_Q8_0, false, 7};
+    ck_assert_int_eq(tu_write_tiny_model(&spec, path), 0);
+    eng_model *m = load_or_fail(path);
+    unlink(path);
+    const uint32_t V = eng_model_hparams(m)->n_vocab;
+    enum { ROWS = 18 }; /* 7 + 5 prefill chunks, 3 x 2 decodes */
+    float *res[3];
+    for (int k = 0; k < 3; k++) { /* split (2 threads), never split (2 threads), one thread */
+        eng_ctx_params p;
+        eng_ctx_params_default(&p);
+        p.max_tokens = 256, p.max_ctx = 1280, p.n_blocks = 160, p.kv_type = kv_type;
+        p.n_threads = k == 2 ? 1 : 2, p.attn_split = k == 1 ? -1 : 0;
+        char err[256] = "";
+        eng_ctx *c = NULL;
+        ck_assert_msg(eng_ctx_new(m, &p, &c, err, sizeof err) == 0, "ctx: %s", err);
+        res[k] = calloc((size_t)ROWS * V, sizeof(float));
+        long_ctx_run(c, V, res[k]);
+        eng_ctx_destroy(c);
+    }
+    ck_assert(isfinite(res[0][0]) && res[0][0] != res[0][1]);
+    ck_assert_msg(memcmp(res[0], res[1], (size_t)ROWS * V * sizeof(float)) == 0, "%s KV: split attention differs",
+                  eng_kv_type_name(kv_type));
+    ck_assert_msg(memcmp(res[0], res[2], (size_t)ROWS * V * sizeof(float)) == 0, "%s KV: one thread differs",
+                  eng_kv_type_name(kv_type));
+    for (int k = 0; k < 3; k++) free(res[k]);
+    eng_model_destroy(m);
+}
+END_TEST
+
 /* ---------- bad model files ---------- */
 
 static void expect_load_error(const tu_tiny_spec *spec, const char *needle) {
@@ -596,6 +662,7 @@ static Suite *model_suite(void) {
     TCase *tt = tcase_create("tiny");
     tcase_set_timeout(tt, 60);
     tcase_add_loop_test(tt, test_tiny_batched_equals_single, 0, 2 * N_TINY + 2 * N_TINY_Q8);
+    tcase_add_loop_test(tt, test_long_context_split, 0, 2);
     tcase_add_test(tt, test_bad_models);
     tcase_add_test(tt, test_kv_q8_0_head_dim);
     suite_add_tcase(s, tt);
