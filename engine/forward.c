@@ -354,7 +354,7 @@ static void attn_worker(void *ctx, int ith, int nth) {
  * A decode step of one sequence has n_head (token, head) items: 9 heads on 2 threads split
  * 5 / 4, each thread reading 2 of the 3 kv heads, so attn_worker leaves threads unevenly loaded
  * and reads the cache 4/3 times over. A query at a context over KERN_ATTN_SEG attends in
- * segments (kernels/kern.h), so here the items are (token, kv head, segment): every thread gets
+ * segments (kernels/kern.h), so here the items are (token, segment, kv head): every thread gets
  * an equal share of the positions, the segments' partials go to attn_part and the caller folds
  * them. The kernels compute each segment alike wherever it runs, so the results are bitwise
  * attn_worker's. Tokens at shorter contexts are (token, kv head) items computed whole. */
@@ -374,28 +374,42 @@ static void attn_split_worker(void *ctx, int ith, int nth) {
     const float scale = 1.0f / sqrtf((float)hd);
     uint64_t total = 0;
     for (size_t t = 0; t < T; t++) total += (uint64_t)n_kv * (uint64_t)(c->tok_pos[t] + 1);
-    /* positions [lo, hi) of the items laid end to end, token by token, kv head by kv head; an
-     * item (a segment, or a whole short context) is this thread's when it starts in them */
-    const uint64_t lo = total * (uint64_t)ith / (uint64_t)nth, hi = total * (uint64_t)(ith + 1) / (uint64_t)nth;
-    uint64_t at = 0;
+    /* Items laid end to end by their positions: token by token; a short context kv head by kv
+     * head, a long one segment by segment and in a segment kv head by kv head. An item is this
+     * thread's when its middle lies in [lo, hi) (twice the offsets, to stay in integers). Whole
+     * segments go in one call (every head walks the cache together, as in kern_attn_paged_run);
+     * a segment cut between threads goes by kv heads. */
+    const uint64_t lo = 2 * (total * (uint64_t)ith / (uint64_t)nth), hi = 2 * (total * (uint64_t)(ith + 1) / (uint64_t)nth);
+    uint64_t at = 0; /* twice the offset of the next item */
+#define MINE(len) (at + (len) >= lo && at + (len) < hi) /* the middle of the item at `at`, `len` positions */
     for (size_t t = 0; t < T && at < hi; t++) {
         const size_t n = (size_t)c->tok_pos[t] + 1, n_seg = kern_attn_n_seg(n);
         const kern_kv_view kv = tok_kv(c, j->b, j->layer, t);
-        for (size_t g = 0; g < n_kv; g++, at += n) {
-            if (at + n <= lo || at >= hi) continue;
-            if (!n_seg) {
-                if (at >= lo) kern_attn_paged_run(c->attn + t * q_dim, c->q + t * q_dim, n_head, g * group, (g + 1) * group,
-                                                  &kv, n, scale, scratch);
+        const float *q = c->q + t * q_dim;
+        if (!n_seg) {
+            for (size_t g = 0; g < n_kv; g++, at += 2 * n)
+                if (MINE(n))
+                    kern_attn_paged_run(c->attn + t * q_dim, q, n_head, g * group, (g + 1) * group, &kv, n, scale, scratch);
+            continue;
+        }
+        float *part = c->attn_part + t * n_head * c->attn_n_seg * (hd + 2);
+        size_t run = SIZE_MAX; /* first of a run of whole segments not yet computed */
+        for (size_t s = 0; s < n_seg; s++) {
+            const size_t len = s + 1 < n_seg ? seg : n - s * seg;
+            size_t ga = n_kv, gb = 0; /* this thread's kv heads of segment s: [ga, gb) */
+            for (size_t g = 0; g < n_kv; g++, at += 2 * len)
+                if (MINE(len)) ga = g < ga ? g : ga, gb = g + 1;
+            if (ga == 0 && gb == n_kv) {
+                if (run == SIZE_MAX) run = s;
                 continue;
             }
-            size_t s0 = 0, s1 = 0; /* this thread's segments: those starting in [lo, hi) */
-            while (s0 < n_seg && at + s0 * seg < lo) s0++;
-            s1 = s0;
-            while (s1 < n_seg && at + s1 * seg < hi) s1++;
-            kern_attn_part(c->attn_part + t * n_head * c->attn_n_seg * (hd + 2), c->q + t * q_dim, n_head, g * group,
-                           (g + 1) * group, &kv, n, s0, s1, scale, scratch);
+            if (run != SIZE_MAX) kern_attn_part(part, q, n_head, 0, n_head, &kv, n, run, s, scale, scratch);
+            run = SIZE_MAX;
+            if (ga < gb) kern_attn_part(part, q, n_head, ga * group, gb * group, &kv, n, s, s + 1, scale, scratch);
         }
+        if (run != SIZE_MAX) kern_attn_part(part, q, n_head, 0, n_head, &kv, n, run, n_seg, scale, scratch);
     }
+#undef MINE
 }
 
 /* Whether this step's attention spreads segments: a few tokens, one past KERN_ATTN_SEG */
