@@ -73,8 +73,8 @@ static const cfg_key keys[] = {
     INT(block_size, 1, 256, 16, "tokens per KV cache block"),
     STR(kv_type, 1, kv_types, "f16", "TYPE",
         "K/V element type: f16; q8_0 (8-bit blocks as llama.cpp's -ctk/-ctv q8_0: 34 bytes per 32 values, "
-        "so 1.9 times the tokens per kv_cache_mb (not faster on CPUs where attention is compute-bound: "
-        "docs/PERF.md); CPU only, head_dim a multiple of 32); f32 (debugging)"),
+        "so 1.9 times the tokens per kv_cache_mb; q meets K in integer dots; CPU only, head_dim a multiple "
+        "of 32); f32 (debugging)"),
     STR(device, 1, devices, "cpu", "DEV", "compute device: cpu, or cuda when tokd was built with CUDA"),
     BOOL(quant_act, 0,
          "8-bit activations for Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K weights, as llama.cpp's CPU backend "
