@@ -5,7 +5,8 @@
  *   matmul  kern_matmul per type at decode (n_tok 1, weights streamed from DRAM through a ring
  *           of copies larger than L3) and prefill (n_tok 64, 512) shapes: GB/s and GFLOP/s as
  *           fractions of bw and peak
- *   attn    kern_attn_paged for one token at context 128..2048 (--kv-type: f16 KV by default)
+ *   attn    kern_attn_paged (beyond 512 positions kern_attn_part + kern_attn_fold) for one token at
+ *           context 128..2048 (--kv-type: f16 KV by default)
  *   step    whole eng_forward steps on --model or a random model of --shape: decode at batch
  *           1/8/32 against the floor (weight + KV bytes) / bandwidth, prefill of 512 tokens
  *           against 2 x params x tokens / peak
@@ -256,17 +257,22 @@ done:
 
 typedef struct {
     float *out, *q, *scratch; /* scratch: (threads, scratch_floats) */
+    float *part;              /* segment partials (kern_attn_part) */
     size_t scratch_floats;
     size_t n_head, n_ctx;
     kern_kv_view kv;
 } attn_job;
 
+/* As the engine splits a decode step: heads across the threads, or beyond KERN_ATTN_SEG
+ * positions the segments (every head of a segment together), folded by the caller */
 static void attn_worker(void *ctx, int ith, int nth) {
     attn_job *j = ctx;
-    size_t h0 = j->n_head * (size_t)ith / (size_t)nth, h1 = j->n_head * (size_t)(ith + 1) / (size_t)nth;
-    if (h0 < h1)
-        kern_attn_paged(j->out, j->q, j->n_head, h0, h1, &j->kv, j->n_ctx, 1.0f / sqrtf((float)j->kv.head_dim),
-                        j->scratch + (size_t)ith * j->scratch_floats);
+    const size_t n_seg = kern_attn_n_seg(j->n_ctx), n = n_seg ? n_seg : j->n_head;
+    const size_t a = n * (size_t)ith / (size_t)nth, b = n * (size_t)(ith + 1) / (size_t)nth;
+    const float scale = 1.0f / sqrtf((float)j->kv.head_dim);
+    float *scratch = j->scratch + (size_t)ith * j->scratch_floats;
+    if (a < b && n_seg) kern_attn_part(j->part, j->q, j->n_head, 0, j->n_head, &j->kv, j->n_ctx, a, b, scale, scratch);
+    else if (a < b) kern_attn_paged(j->out, j->q, j->n_head, a, b, &j->kv, j->n_ctx, scale, scratch);
 }
 
 typedef struct {
@@ -277,6 +283,8 @@ typedef struct {
 static void attn_call(void *ctx) {
     attn_call_ctx *c = ctx;
     kern_pool_run(c->pool, attn_worker, c->j);
+    if (kern_attn_n_seg(c->j->n_ctx))
+        kern_attn_fold(c->j->out, c->j->part, 0, c->j->n_head, c->j->kv.head_dim, c->j->n_ctx);
 }
 
 static void sec_attn(bench *b) {
@@ -288,6 +296,7 @@ static void sec_attn(bench *b) {
     float *q = tk_malloc(n_head * hd * sizeof(float)), *out = tk_malloc(n_head * hd * sizeof(float));
     float *kr = tk_malloc(2 * row * sizeof(float));
     float *scratch = tk_malloc(nth * kern_attn_scratch_floats(max_ctx, hd) * sizeof(float));
+    float *part = tk_malloc((kern_attn_n_seg(max_ctx) + 1) * n_head * (hd + 2) * sizeof(float));
     int32_t *table = tk_malloc(max_ctx / bs * sizeof(int32_t));
     cJSON *arr = cJSON_AddArrayToObject(b->json, "attention");
     cJSON_AddStringToObject(b->json, "attention_kv_type", eng_kv_type_name(o->kv_type));
@@ -298,7 +307,7 @@ static void sec_attn(bench *b) {
         fprintf(b->tab, "  (skipped: head size %zu is not a multiple of 32)\n", hd);
         goto done;
     }
-    if (!k || !v || !q || !out || !kr || !scratch || !table) goto done;
+    if (!k || !v || !q || !out || !kr || !scratch || !table || !part) goto done;
     for (size_t i = 0; i < max_ctx / bs; i++) table[i] = (int32_t)((i * 7) % (max_ctx / bs)); /* scattered blocks */
     for (size_t p = 0; p < max_ctx; p++) { /* random rows, stored as the engine stores them */
         fill_rand(kr, 2 * row, 1.0f);
@@ -307,7 +316,7 @@ static void sec_attn(bench *b) {
     fill_rand(q, n_head * hd, 1.0f);
     for (size_t c = 0; c < 5; c++) {
         if (o->quick && (c == 1 || c == 3)) continue;
-        attn_job j = {out, q, scratch, kern_attn_scratch_floats(max_ctx, hd), n_head, ctxs[c],
+        attn_job j = {out, q, scratch, part, kern_attn_scratch_floats(max_ctx, hd), n_head, ctxs[c],
                       {k, v, o->kv_type, bs, n_kv, hd, table}};
         attn_call_ctx cc = {b->pool, &j};
         double s = time_median(attn_call, &cc, o->min_time / 4);
@@ -327,6 +336,7 @@ done:
     tk_free(out);
     tk_free(kr);
     tk_free(scratch);
+    tk_free(part);
     tk_free(table);
 }
 
