@@ -658,32 +658,32 @@ static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type,
     }
 }
 
+/* attn_pv with R and NVC constants: R queries (1..PV_R), NV vectors (2 or 4) */
+#if PV_R > 2
+#define PV_SWITCH(NV)                                                                                                  \
+    switch (R) {                                                                                                       \
+    case 1: attn_pv(type, t, i0, 1, NV, NV, d0, vr, c); break;                                                         \
+    case 2: attn_pv(type, t, i0, 2, NV, NV, d0, vr, c); break;                                                         \
+    case 3: attn_pv(type, t, i0, 3, NV, NV, d0, vr, c); break;                                                         \
+    default: attn_pv(type, t, i0, PV_R, NV, NV, d0, vr, c); break;                                                     \
+    }
+#else
+#define PV_SWITCH(NV)                                                                                                  \
+    if (R == 1) attn_pv(type, t, i0, 1, NV, NV, d0, vr, c);                                                            \
+    else attn_pv(type, t, i0, PV_R, NV, NV, d0, vr, c);
+#endif
+
 static inline __attribute__((always_inline)) void attn_pv_any(uint32_t type, const kern__attn_tile *t, size_t i0, int R,
                                                               int nv, size_t d0, const uint8_t *const vr[AG], size_t c) {
-    if (nv == 2) { /* a head's last 2 vectors (head_dim 96 or 160 on AVX-512, 48 on AVX2) */
-        switch (R) {
-        case 1: attn_pv(type, t, i0, 1, 2, 2, d0, vr, c); break;
-#if PV_R > 2
-        case 2: attn_pv(type, t, i0, 2, 2, 2, d0, vr, c); break;
-        case 3: attn_pv(type, t, i0, 3, 2, 2, d0, vr, c); break;
-#endif
-        default: attn_pv(type, t, i0, PV_R, 2, 2, d0, vr, c); break;
-        }
-        return;
-    }
-    if (nv < 4) { /* head_dim not a multiple of 4 vectors: its last part, one query at a time */
+    if (nv == 4) {
+        PV_SWITCH(4)
+    } else if (nv == 2) { /* a head's last 2 vectors (head_dim 96 or 160 on AVX-512, 48 on AVX2) */
+        PV_SWITCH(2)
+    } else { /* head_dim not a multiple of 2 vectors: its last part, one query at a time */
         for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
-        return;
-    }
-    switch (R) {
-    case 1: attn_pv(type, t, i0, 1, 4, 4, d0, vr, c); break;
-#if PV_R > 2
-    case 2: attn_pv(type, t, i0, 2, 4, 4, d0, vr, c); break;
-    case 3: attn_pv(type, t, i0, 3, 4, 4, d0, vr, c); break;
-#endif
-    default: attn_pv(type, t, i0, PV_R, 4, 4, d0, vr, c); break;
     }
 }
+#undef PV_SWITCH
 
 /* Cuts the tile into chunks of consecutive queries with one kv head, at most rmax each:
  * chunk k is queries [i0[k], i0[k] + nr[k]). Returns the number of chunks. */
@@ -696,13 +696,20 @@ static int attn_chunks(const kern__attn_tile *t, int rmax, size_t i0[KERN__ATTN_
     return n;
 }
 
-/* Softmax of n scores in place; round_h: the weights then rounded to f16 (an f16 cache's V) */
-static inline __attribute__((always_inline)) void softmax_w(float *x, size_t n, const int round_h) {
+/* The largest of n scores */
+static inline __attribute__((always_inline)) float scores_max(const float *x, size_t n) {
     VF m = vset1(-INFINITY);
     size_t i = 0;
     for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
     float mx = vhmax(m);
     for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+/* Softmax of n scores in place; round_h: the weights then rounded to f16 (an f16 cache's V) */
+static inline __attribute__((always_inline)) void softmax_w(float *x, size_t n, const int round_h) {
+    const float mx = scores_max(x, n);
+    size_t i;
     VF sv = vzero(), mv = vset1(mx);
     for (i = 0; i + VL <= n; i += VL) {
         VF e = vexp(vsub(vload(x + i), mv));
@@ -721,11 +728,8 @@ static inline __attribute__((always_inline)) void softmax_w(float *x, size_t n, 
  * rounded to f16 for an f16 cache, as softmax_w), l = the sum of the unrounded exponentials */
 static inline __attribute__((always_inline)) void softmax_seg(float *x, size_t n, const int round_h, float *m_out,
                                                               float *l_out) {
-    VF m = vset1(-INFINITY);
-    size_t i = 0;
-    for (; i + VL <= n; i += VL) m = vmax(m, vload(x + i));
-    float mx = vhmax(m);
-    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const float mx = scores_max(x, n);
+    size_t i;
     VF sv = vzero(), mv = vset1(mx);
     for (i = 0; i + VL <= n; i += VL) {
         VF e = vexp(vsub(vload(x + i), mv));
