@@ -329,6 +329,13 @@ static size_t attn_split(const eng_ctx *c, size_t T, size_t n_head, int ith, int
     return a * n_head + (h < n_head ? h : n_head);
 }
 
+/* Layer `layer`'s cache as batch token t's sequence sees it */
+static kern_kv_view tok_kv(const eng_ctx *c, const eng_batch *b, uint32_t layer, size_t t) {
+    const eng_hparams *hp = &c->m->hp;
+    return (kern_kv_view){c->k_cache[layer], c->v_cache[layer], c->p.kv_type, (size_t)c->p.block_size,
+                          hp->n_head_kv, hp->head_dim, b->seqs[c->tok_seq[t]].block_table};
+}
+
 static void attn_worker(void *ctx, int ith, int nth) {
     const attn_job *j = ctx;
     eng_ctx *c = j->c;
@@ -341,9 +348,7 @@ static void attn_worker(void *ctx, int ith, int nth) {
         size_t t = lo / n_head, te = t + 1;
         while (te < T && te * n_head < hi && c->tok_seq[te] == c->tok_seq[t]) te++;
         size_t end = te * n_head < hi ? te * n_head : hi;
-        const eng_seq_step *sq = &j->b->seqs[c->tok_seq[t]];
-        kern_kv_view kv = {c->k_cache[j->layer], c->v_cache[j->layer], c->p.kv_type, (size_t)c->p.block_size,
-                           hp->n_head_kv, hp->head_dim, sq->block_table};
+        const kern_kv_view kv = tok_kv(c, j->b, j->layer, t);
         kern_attn_paged_run(c->attn + t * q_dim, c->q + t * q_dim, n_head, lo - t * n_head, end - t * n_head, &kv,
                             (size_t)c->tok_pos[t] + 1, 1.0f / sqrtf((float)hp->head_dim), scratch);
         lo = end;
@@ -358,12 +363,6 @@ static void attn_worker(void *ctx, int ith, int nth) {
  * an equal share of the positions, the segments' partials go to attn_part and the caller folds
  * them. The kernels compute each segment alike wherever it runs, so the results are bitwise
  * attn_worker's. Tokens at shorter contexts are (token, kv head) items computed whole. */
-static kern_kv_view tok_kv(const eng_ctx *c, const eng_batch *b, uint32_t layer, size_t t) {
-    const eng_hparams *hp = &c->m->hp;
-    return (kern_kv_view){c->k_cache[layer], c->v_cache[layer], c->p.kv_type, (size_t)c->p.block_size,
-                          hp->n_head_kv, hp->head_dim, b->seqs[c->tok_seq[t]].block_table};
-}
-
 static void attn_split_worker(void *ctx, int ith, int nth) {
     const attn_job *j = ctx;
     eng_ctx *c = j->c;
