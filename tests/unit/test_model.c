@@ -521,18 +521,18 @@ END_TEST
 /* Long contexts (over KERN_ATTN_SEG positions: attention in segments). A step of a few tokens
  * spreads one query's segments across the threads (attn_split), a long prefill chunk computes
  * them whole: the logits must be bitwise the same either way, and with one thread, for an f16
- * and a q8_0 cache. Two sequences at 1,100 and 700 tokens (prefilled in chunks of 200, the
- * last chunk ending in a step of 3 tokens), then 3 decode steps of both together. */
+ * and a q8_0 cache. Sequences at 1,100, 700 and 300 tokens (prefilled in chunks of 200, the
+ * last chunk ending in a step of 3 tokens), then 3 decode steps of the three together. */
 static void long_ctx_run(eng_ctx *c, uint32_t V, float *out) {
-    enum { LA = 1100, LB = 700, CH = 200 };
-    static int32_t toks[2][LA + 3];
-    for (int s = 0; s < 2; s++)
+    enum { NS = 3, LA = 1100, CH = 200 };
+    static int32_t toks[NS][LA + 3];
+    for (int s = 0; s < NS; s++)
         for (int i = 0; i < LA + 3; i++) toks[s][i] = (int32_t)((s * 131 + i * 17 + 5) % V);
-    static int32_t tables[2][80];
-    for (int i = 0; i < 80; i++) tables[0][i] = i, tables[1][i] = 80 + i;
-    const int len[2] = {LA, LB};
+    static int32_t tables[NS][70];
+    for (int i = 0; i < 70; i++) tables[0][i] = i, tables[1][i] = 70 + i, tables[2][i] = 140 + i;
+    const int len[NS] = {LA, 700, 300}; /* the third stays under KERN_ATTN_SEG */
     size_t nr = 0;
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < NS; s++)
         for (int done = 0; done < len[s];) {
             const int n = len[s] - done > CH + 3 ? CH : len[s] - done > 3 ? len[s] - done - 3 : len[s] - done;
             eng_seq_step sq = {tables[s], done, n, ENG_LOGITS_LAST};
@@ -540,12 +540,14 @@ static void long_ctx_run(eng_ctx *c, uint32_t V, float *out) {
             ck_assert_int_eq(eng_forward(c, &b, out + nr++ * V), 1);
             done += n;
         }
-    for (int d = 0; d < 3; d++) {
-        int32_t bt[2] = {toks[0][LA + d], toks[1][LB + d]};
-        eng_seq_step sq[2] = {{tables[0], LA + d, 1, ENG_LOGITS_LAST}, {tables[1], LB + d, 1, ENG_LOGITS_LAST}};
-        eng_batch b = {bt, 2, sq, 2};
-        ck_assert_int_eq(eng_forward(c, &b, out + nr * V), 2);
-        nr += 2;
+    for (int d = 0; d < 3; d++) { /* the three decode together */
+        int32_t bt[NS];
+        eng_seq_step sq[NS];
+        for (int s = 0; s < NS; s++)
+            bt[s] = toks[s][len[s] + d], sq[s] = (eng_seq_step){tables[s], len[s] + d, 1, ENG_LOGITS_LAST};
+        eng_batch b = {bt, NS, sq, NS};
+        ck_assert_int_eq(eng_forward(c, &b, out + nr * V), NS);
+        nr += NS;
     }
 }
 
@@ -560,12 +562,12 @@ START_TEST(test_long_context_split) {
     eng_model *m = load_or_fail(path);
     unlink(path);
     const uint32_t V = eng_model_hparams(m)->n_vocab;
-    enum { ROWS = 18 }; /* 7 + 5 prefill chunks, 3 x 2 decodes */
+    enum { ROWS = 24 }; /* 7 + 5 + 3 prefill chunks, 3 x 3 decodes */
     float *res[3];
     for (int k = 0; k < 3; k++) { /* split (2 threads), never split (2 threads), one thread */
         eng_ctx_params p;
         eng_ctx_params_default(&p);
-        p.max_tokens = 256, p.max_ctx = 1280, p.n_blocks = 160, p.kv_type = kv_type;
+        p.max_tokens = 256, p.max_ctx = 1120, p.n_blocks = 210, p.kv_type = kv_type;
         p.n_threads = k == 2 ? 1 : 2, p.attn_split = k == 1 ? -1 : 0;
         char err[256] = "";
         eng_ctx *c = NULL;
