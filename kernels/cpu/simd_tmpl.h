@@ -361,13 +361,15 @@ static inline VF vexp(VF x) {
 /* ---- attention over an f16 or Q8_0 KV cache (a tile of queries of one sequence; kern__attn_tile) ----
  * One template, compiled once per cache type (attn_f16, attn_q8: `type` is a constant in each).
  * Per query the arithmetic is fixed, whatever else is in the tile (kern__attn_tile's invariant):
- *   score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from zero;
+ *   f16: score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from
+ *        zero (K widened to f32); Q8_0: q's Q8_0 blocks meet K's in integers (attn_scores_q8),
+ *        bitwise the scalar reference's scores;
  *   softmax_w over its n_ctx scores (vexp, f32 sum; for an f16 cache the weights are then
  *   rounded to f16 through F16C, bitwise the scalar kern_f32_to_f16 rounding for finite values);
- *   out[d..d+VL) = fma(w[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero.
- * K[p] and V[p] are the cached values as f32: f16 widened, or a Q8_0 block's d times each int8,
- * exact in f32 (kv_vec), so the Q8_0 path computes its scalar reference's sums (ops.c,
- * attn_q8_scalar) in another order only.
+ *   out[d..d+VL) = fma(a[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero, with
+ *   a = w and V widened (f16), or a = w * the block's d and V its int8 values (Q8_0), so each
+ *   path computes its scalar reference's sums (ops.c, pv_scalar) in another order only.
+ * Past KERN__ATTN_SEG positions the same goes segment by segment (attn_tile_seg).
  * The tile only shares loads. Its queries are cut into chunks of consecutive queries with one
  * kv head: a K row is widened once per chunk of up to SC_R queries, whose scores for P
  * positions sit in VL accumulators summed together by vhsum_lanes (lane by lane the vhsum
