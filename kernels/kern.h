@@ -191,7 +191,7 @@ size_t kern_attn_scratch_floats(size_t max_ctx, size_t head_dim);
  * K and the softmax weights are rounded to f16 before meeting V (llama.cpp's CPU path); sums
  * are f32. With a Q8_0 cache q is quantised to Q8_0 and meets K in integers (llama.cpp's
  * arithmetic for a Q8_0 K: kern_vec_dot_act), and each f32 softmax weight times a V block's
- * scale meets its int8 values (kernels/cpu/ops.c, attn_q8_scalar, defines the reference
+ * scale meets its int8 values (kernels/cpu/ops.c, attn_tile_scalar, defines the reference
  * arithmetic). scratch: kern_attn_scratch_floats(n_ctx, head_dim) floats. */
 void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_t h1,
                      const kern_kv_view *kv, size_t n_ctx, float scale, float *scratch);

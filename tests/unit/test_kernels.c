@@ -579,7 +579,7 @@ END_TEST
  * q quantised to Q8_0 and back), and every item must be bitwise the same computed alone (kern_attn_paged, one head)
  * and inside split ranges of the run, as the engine's threads cut it. Returns the max abs error;
  * *rel_ref (Q8_0 only, else 0): the max abs difference from the scalar reference kernel
- * (kernels/cpu/ops.c, attn_q8_scalar) over the largest magnitude of its output. */
+ * (kernels/cpu/ops.c, attn_tile_scalar) over the largest magnitude of its output. */
 static double check_attn(uint32_t type, size_t NH, size_t NKV, size_t HD, size_t BS, size_t n_ctx0, size_t n_tok,
                          double *rel_ref) {
     const bool f16 = type == KERN_TYPE_F16, q8 = type == KERN_TYPE_Q8_0;
