@@ -158,10 +158,14 @@ void kern_softmax(float *x, size_t n);
 /* ---- attention over a paged KV cache ----
  * One layer's cache is n_blocks blocks of block_size token slots; a slot holds n_kv_head
  * heads of head_dim values of kv_type (KERN_TYPE_F16, KERN_TYPE_F32 or KERN_TYPE_Q8_0):
- *   K[block][slot][kv_head][row bytes], V likewise,
+ *   V[block][slot][kv_head][row bytes], and K likewise except for F16,
  * where a (slot, kv head) row is kern_row_bytes(kv_type, head_dim) bytes: 2 or 4 per value, or
  * for Q8_0 head_dim / 32 ggml Q8_0 blocks (f16 d, int8 q[32]; value = d * q), 34 bytes each
- * (head_dim must then be a multiple of 32). Blocks are plain bytes: copying one copies its KV.
+ * (head_dim must then be a multiple of 32). An F16 K block is dimension-major,
+ *   K[block][kv_head][head_dim][slot] (halves),
+ * so that one value of consecutive positions is one vector for the scores. A block is
+ * block_size * kern_row_bytes(kv_type, n_kv_head * head_dim) bytes either way, and plain bytes:
+ * copying one copies its KV.
  * A sequence's logical block b lives in physical block block_table[b]. */
 typedef struct {
     const void *k;           /* (n_blocks, block_size, n_kv_head, row bytes) of kv_type */

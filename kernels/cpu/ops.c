@@ -252,6 +252,13 @@ static size_t slot_offset(const int32_t *table, size_t block_size, size_t row_by
     return (b * block_size + (size_t)pos % block_size) * row_bytes;
 }
 
+/* Offset in halves of value 0 of position pos (kv head 0) in a layer's dimension-major F16 K
+ * cache: value e = h * head_dim + d of the slot row lies e * block_size halves further. */
+static size_t kv_kt_offset(const int32_t *table, size_t block_size, size_t n_kv_head, size_t head_dim, int32_t pos) {
+    size_t b = (size_t)table[(size_t)pos / block_size];
+    return b * block_size * n_kv_head * head_dim + (size_t)pos % block_size;
+}
+
 void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_size,
                    size_t n_kv_head, size_t head_dim, const int32_t *block_table, int32_t pos,
                    const float *k_row, const float *v_row) {
@@ -260,10 +267,17 @@ void kern_kv_store(void *k_layer, void *v_layer, uint32_t kv_type, size_t block_
     uint8_t *k = (uint8_t *)k_layer + slot_offset(block_table, block_size, rb, pos);
     uint8_t *v = (uint8_t *)v_layer + slot_offset(block_table, block_size, rb, pos);
     switch (kv_type) {
-    case KERN_TYPE_F16:
-        kern__cur->f32_to_f16((uint16_t *)k, k_row, row);
+    case KERN_TYPE_F16: { /* K dimension-major in its block (kern.h), V as a slot row */
+        uint16_t h[1024];
+        uint16_t *kt = (uint16_t *)k_layer + kv_kt_offset(block_table, block_size, n_kv_head, head_dim, pos);
+        for (size_t e = 0; e < row; e += 1024) {
+            const size_t n = row - e < 1024 ? row - e : 1024;
+            kern__cur->f32_to_f16(h, k_row + e, n);
+            for (size_t i = 0; i < n; i++) kt[(e + i) * block_size] = h[i]; /* value e+i of the slot */
+        }
         kern__cur->f32_to_f16((uint16_t *)v, v_row, row);
         break;
+    }
     case KERN_TYPE_Q8_0: /* the heads' blocks line up with the slot row's (head_dim % 32 == 0) */
         kern__cur->quant_act(KERN_TYPE_Q8_0, k_row, k, row);
         kern__cur->quant_act(KERN_TYPE_Q8_0, v_row, v, row);
@@ -287,8 +301,10 @@ static float q8_scale(const uint8_t *blk) {
 }
 
 /* The reference kernels (kern__ops_scalar.attn_f16 / attn_q8), one query at a time.
- * f16 cache: q (already rounded to f16) meets K in f32; the softmax weights are rounded to f16
- * (as llama.cpp's CPU path does) before meeting V; the sums stay f32.
+ * f16 cache: q (already rounded to f16) meets K in f32, four fused chains per score,
+ *   s[p] = scale * ((c_0 + c_1) + (c_2 + c_3)),  c_u = fma(K[p][d], q[d], c_u) over d = u mod 4
+ * in order from zero (bitwise the SIMD tiles' scores, whose lanes are positions); the softmax
+ * weights are rounded to f16 (as llama.cpp's CPU path does) before meeting V; the sums stay f32.
  * Q8_0 cache: K and V rows are head_dim/32 blocks b of (f16 d_b, int8 k_b[32]); qq is the query
  * quantised to Q8_0 blocks (f16 e_b, int8 x_b[32]) by kern_quantize_act_row, as llama.cpp
  * quantises q for a Q8_0 K. In f32 arithmetic:
@@ -307,10 +323,12 @@ static float score_scalar(const kern__attn_tile *t, size_t i, size_t p) {
     if (kv->kv_type == KERN_TYPE_Q8_0)
         return kern_vec_dot_act(KERN_TYPE_Q8_0, kv_row(kv, kv->k, p) + t->kvh[i] * (hd / KERN_QK * 34), t->qq[i], hd) *
                t->scale;
-    const uint16_t *k = (const uint16_t *)kv_row(kv, kv->k, p) + t->kvh[i] * hd;
-    float s = 0;
-    for (size_t d = 0; d < hd; d++) s += f16_table[k[d]] * t->q[i][d];
-    return s * t->scale;
+    const size_t bs = kv->block_size;
+    const uint16_t *k = (const uint16_t *)kv->k + kv_kt_offset(kv->block_table, bs, kv->n_kv_head, hd, (int32_t)p) +
+                        t->kvh[i] * hd * bs; /* value d at k[d * bs] */
+    float c[4] = {0, 0, 0, 0};
+    for (size_t d = 0; d < hd; d++) c[d % 4] = fmaf(f16_table[k[d * bs]], t->q[i][d], c[d % 4]);
+    return ((c[0] + c[1]) + (c[2] + c[3])) * t->scale;
 }
 
 /* o = sum over p in [p0, p1) of weight w[p] times V[p] (o zeroed first) */

@@ -361,9 +361,9 @@ static inline VF vexp(VF x) {
 /* ---- attention over an f16 or Q8_0 KV cache (a tile of queries of one sequence; kern__attn_tile) ----
  * One template, compiled once per cache type (attn_f16, attn_q8: `type` is a constant in each).
  * Per query the arithmetic is fixed, whatever else is in the tile (kern__attn_tile's invariant):
- *   f16: score[p] = vhsum(acc) * scale, acc = fma(K[p][d..d+VL), q[d..d+VL), acc) over d from
- *        zero (K widened to f32); Q8_0: q's Q8_0 blocks meet K's in integers (attn_scores_q8),
- *        bitwise the scalar reference's scores;
+ *   f16: K is stored dimension-major, so a vector holds one value of VL positions; per position
+ *        four fused chains over d mod 4 (attn_scores_h); Q8_0: q's Q8_0 blocks meet K's in
+ *        integers (attn_scores_q8); either way bitwise the scalar reference's scores;
  *   softmax_w over its n_ctx scores (vexp, f32 sum; for an f16 cache the weights are then
  *   rounded to f16 through F16C, bitwise the scalar kern_f32_to_f16 rounding for finite values);
  *   out[d..d+VL) = fma(a[p], V[p][d..d+VL), out) over p = 0 .. n_ctx-1 in order, from zero, with
@@ -371,16 +371,16 @@ static inline VF vexp(VF x) {
  *   path computes its scalar reference's sums (ops.c, pv_scalar) in another order only.
  * Past KERN__ATTN_SEG positions the same goes segment by segment (attn_tile_seg).
  * The tile only shares loads. Its queries are cut into chunks of consecutive queries with one
- * kv head: a K row is widened once per chunk of up to SC_R queries, whose scores for P
- * positions sit in VL accumulators summed together by vhsum_lanes (lane by lane the vhsum
- * tree, shuffles shared); a V row once per chunk of up to PV_R. And the whole tile walks the
- * cache once, 16 slots at a time, every chunk taking its heads from those slots, so the slot
- * rows stream through in order rather than one kv head's slice at a time (the partial V sums
- * wait in out between two groups of slots, which changes no rounding). */
+ * kv head: a K vector is widened once per chunk of up to SCH_R queries (f16), a Q8_0 K block
+ * once per chunk of up to SC_R; a V row once per chunk of up to PV_R. The scores pass walks the
+ * cache 16 slots at a time, every chunk taking its kv head from those slots; the V pass then
+ * walks a segment (or the whole context) once per chunk and output part, its sums in registers.
+ * Either way the arithmetic of a query is its own. */
 
-#define SC_R 4                   /* queries per score chunk */
+#define SC_R 4                   /* queries per score chunk (Q8_0) */
+#define SCH_R (VL == 16 ? 4 : 3) /* queries per score chunk (F16): 4 * SCH_R accumulators */
 #define PV_R (VL == 16 ? 4 : 2)  /* queries per V chunk: PV_R x 4 accumulators */
-#define AG 16                    /* slots per step of the walk; every P divides it */
+#define AG 16                    /* slots per step of the walk; a multiple of VL */
 
 /* Byte offset of value e in a cache row of `type` (F16, or Q8_0 with e a multiple of 32) */
 static inline size_t kv_bytes(uint32_t type, size_t e) { return type == KERN_TYPE_Q8_0 ? e / KERN_QK * 34 : 2 * e; }
@@ -427,43 +427,90 @@ static inline __attribute__((always_inline)) void attn_rows(uint32_t type, const
         rp[j] = p < n ? b + ((size_t)kv->block_table[p / bs] * bs + p % bs) * row : rp[0];
 }
 
-/* Scores at positions [c, c + AG) of queries [i0, i0 + R), one kv head (R <= SC_R, a constant
- * once inlined; P = VL / R positions per step, 4 for R = 3). A K row is read a Q8_0 block (NK
- * vectors) or one f16 vector at a time. */
-static inline __attribute__((always_inline)) void attn_scores(uint32_t type, const kern__attn_tile *t, size_t i0,
-                                                              const int R, const uint8_t *const kr[AG], size_t c) {
-    const int P = R == 3 ? VL / 4 : VL / R, NK = type == KERN_TYPE_Q8_0 ? KERN_QK / VL : 1;
-    const size_t hd = t->kv->head_dim, off = kv_bytes(type, t->kvh[i0] * hd);
-    const float *q[SC_R];
+/* KV prefetch. With real contexts the cache streams from L3 or DRAM, and a step's attention
+ * is bound by how many lines are in flight, not by its arithmetic. The scores pass prefetches
+ * the K of the group ATTN_PF groups ahead into L1 and that group's V into L2 (the V pass reads
+ * it soon after), and the V pass brings its V from L2 into L1 as far ahead. Only for
+ * block_size a multiple of AG (a group lies in one block). */
+#define ATTN_PF 2
+
+/* Prefetches an F16 K's values at positions [c, c + AG) of kv head h: value d's AG halves are
+ * one 32-byte piece, block_size halves after value d - 1's. */
+static inline __attribute__((always_inline)) void attn_pf_kt(const kern_kv_view *kv, size_t c, size_t h) {
+    const size_t bs = kv->block_size, hd = kv->head_dim, step = bs >= 32 ? 1 : 32 / bs;
+    const uint16_t *k = (const uint16_t *)kv->k + (size_t)kv->block_table[c / bs] * bs * kv->n_kv_head * hd + h * hd * bs +
+                        c % bs;
+    for (size_t d = 0; d < hd; d += step) _mm_prefetch((const char *)(k + d * bs), _MM_HINT_T0);
+}
+
+/* Prefetches bytes [off, off + n) of the rows at positions [c, c + AG) of a slot-major cache
+ * (V, or a Q8_0 K) into L1 (l1) or L2 */
+static inline __attribute__((always_inline)) void attn_pf_rows(uint32_t type, const kern_kv_view *kv, const void *base,
+                                                               size_t c, size_t off, size_t n, const int l1) {
+    const size_t bs = kv->block_size;
+    size_t row = kv_bytes(type, kv->n_kv_head * kv->head_dim);
+    const uint8_t *r = (const uint8_t *)base + ((size_t)kv->block_table[c / bs] * bs + c % bs) * row + off;
+    if (n == row) n = AG * row, row = 0; /* whole rows: one range */
+    for (size_t j = 0; j < (row ? AG : 1); j++, r += row)
+        for (size_t b = 0; b < n; b += 64) {
+            if (l1) _mm_prefetch((const char *)(r + b), _MM_HINT_T0);
+            else _mm_prefetch((const char *)(r + b), _MM_HINT_T1);
+        }
+}
+
+/* An F16 K's values at positions [c, c + AG) of kv head h, dimension-major (kern.h): value d of
+ * position c + j at kt[d * ks + j]. With block_size a multiple of AG they lie in one block
+ * (ks = block_size); else they are gathered into tmp (hd * AG halves; ks = AG), positions from
+ * n on zero. */
+static inline __attribute__((always_inline)) const uint16_t *attn_kt(const kern_kv_view *kv, size_t c, size_t n, size_t h,
+                                                                   uint16_t *tmp, size_t *ks) {
+    const size_t bs = kv->block_size, hd = kv->head_dim, blk = bs * kv->n_kv_head * hd;
+    const uint16_t *k = kv->k;
+    if (bs % AG == 0) {
+        *ks = bs;
+        return k + (size_t)kv->block_table[c / bs] * blk + h * hd * bs + c % bs;
+    }
+    *ks = AG;
+    for (size_t j = 0, p = c; j < AG; j++, p++) {
+        const uint16_t *kp = k + (size_t)kv->block_table[(p < n ? p : c) / bs] * blk + h * hd * bs + (p < n ? p : c) % bs;
+        for (size_t d = 0; d < hd; d++) tmp[d * AG + j] = p < n ? kp[d * bs] : 0;
+    }
+    return tmp;
+}
+
+/* Scores at positions [c, c + AG) of queries [i0, i0 + R) over an F16 K, one kv head (R <= SCH_R,
+ * a constant once inlined), kt/ks as attn_kt gives them. Lanes are positions: per query four
+ * chains c_u = fma(K[p][d], q[d], c_u) over d = u mod 4, then ((c_0 + c_1) + (c_2 + c_3)) * scale,
+ * the scalar reference's arithmetic; each d meets VL positions in one vector. Scores of positions
+ * past a query's context are written too (its score row has room up to a multiple of 16) and
+ * never read. */
+static inline __attribute__((always_inline)) void attn_scores_h(const kern__attn_tile *t, size_t i0, const int R,
+                                                                const uint16_t *kt, size_t ks, size_t c) {
+    const size_t hd = t->kv->head_dim;
+    const float *q[SCH_R];
     size_t n_max = 0;
     for (int r = 0; r < R; r++) {
         q[r] = t->q[i0 + r];
         n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
     }
     const VF sv = vset1(t->scale);
-    for (size_t p0 = c; p0 < c + AG && p0 < n_max; p0 += P) {
-        const uint8_t *const *kp = kr + (p0 - c);
-        VF acc[VL]; /* registers: the loops over them are unrolled */
-#pragma GCC unroll 16
-        for (int a = 0; a < VL; a++) acc[a] = vzero();
-        for (size_t d = 0; d < hd; d += (size_t)(NK * VL)) {
-            const size_t db = off + kv_bytes(type, d);
-#pragma GCC unroll 16
-            for (int j = 0; j < P; j++)
+    for (size_t h = 0; h < AG && c + h < n_max; h += VL) {
+        VF acc[SCH_R][4]; /* registers: the loops over them are unrolled */
 #pragma GCC unroll 4
-                for (int u = 0; u < NK; u++) {
-                    const VF k = kv_vec(type, kp[j] + db, VL * u);
+        for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-                    for (int r = 0; r < R; r++) acc[r * P + j] = vfma(k, vload(q[r] + d + VL * u), acc[r * P + j]);
-                }
-        }
-        float s[VL];
-        vstore(s, vmul(vhsum_lanes(acc), sv));
-        for (int r = 0; r < R; r++) {
-            const size_t n = t->n_ctx[i0 + r];
-            if (p0 + (size_t)P <= n) memcpy(t->sc[i0 + r] + p0, s + r * P, (size_t)P * sizeof(float)); /* one store */
-            else if (p0 < n) memcpy(t->sc[i0 + r] + p0, s + r * P, (n - p0) * sizeof(float));
-        }
+            for (int u = 0; u < 4; u++) acc[r][u] = vzero();
+        const uint16_t *kp = kt + h;
+        for (size_t d = 0; d < hd; d += 4, kp += 4 * ks)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                const VF k = vload_h(kp + (size_t)u * ks);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r][u] = vfma(k, vset1(q[r][d + (size_t)u]), acc[r][u]);
+            }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            vstore(t->sc[i0 + r] + c + h, vmul(vadd(vadd(acc[r][0], acc[r][1]), vadd(acc[r][2], acc[r][3])), sv));
     }
 }
 
@@ -551,13 +598,13 @@ static inline __attribute__((always_inline)) void attn_scores_q8(const kern__att
 }
 
 /* Output vectors [d0, d0 + NVC*VL) of queries [i0, i0 + R), one kv head, over positions
- * [c, c + AG): the running sums start from zero at c = c0 and wait in out between steps
- * (R <= PV_R, NVC <= 4; constants once inlined, or NVC 0: nv vectors, chosen at run time).
- * d0 is a multiple of 4 * VL, so it starts a Q8_0 block. Each output value's chain is its own,
- * whatever values are computed with it. */
+ * [c_lo, c_hi) (c_lo a multiple of AG): the running sums start from zero at c_lo = t->c0, else
+ * from out, stay in registers over the range and go back to out (R <= PV_R, NVC <= 4; constants
+ * once inlined, or NVC 0: nv vectors, chosen at run time). d0 is a multiple of 4 * VL, so it
+ * starts a Q8_0 block. Each output value's chain is its own, whatever values are computed with
+ * it. */
 static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const kern__attn_tile *t, size_t i0, const int R,
-                                                          const int NVC, int nv, size_t d0, const uint8_t *const vr[AG],
-                                                          size_t c) {
+                                                          const int NVC, int nv, size_t d0, size_t c_lo, size_t c_hi) {
     const int nvv = NVC ? NVC : nv, q8 = type == KERN_TYPE_Q8_0;
     const size_t off = kv_bytes(type, t->kvh[i0] * t->kv->head_dim + d0);
     const float *w[PV_R];
@@ -569,71 +616,81 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
         n_min = t->n_ctx[i0 + r] < n_min ? t->n_ctx[i0 + r] : n_min;
         n_max = t->n_ctx[i0 + r] > n_max ? t->n_ctx[i0 + r] : n_max;
     }
-    if (c >= n_max) return;
-    /* Q8_0: the weights of the AG positions times each position's block scale, w[p] * d_b, for
-     * the (at most 2) blocks of [d0, d0 + nvv*VL); the block's int8 values then meet them as they
-     * are. Weight slots past n_ctx hold scratch, never used. */
-    enum { NBL = 4 * VL / KERN_QK };
-    float wd[q8 ? PV_R : 1][q8 ? NBL : 1][AG];
-    if (q8)
-#pragma GCC unroll 2
-        for (int bl = 0; bl < NBL; bl++) {
-            if (bl * KERN_QK >= nvv * VL) break;
-            const uint8_t *const *vb = vr;
-            const size_t ob = off + (size_t)bl * 34;
-#pragma GCC unroll 2
-            for (int h = 0; h < AG; h += VL) {
-#if VL == 16
-                const VF dv = _mm512_cvtph_ps(_mm256_setr_epi16(
-                    ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob), ld16(vb[h + 3] + ob), ld16(vb[h + 4] + ob),
-                    ld16(vb[h + 5] + ob), ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob), ld16(vb[h + 8] + ob),
-                    ld16(vb[h + 9] + ob), ld16(vb[h + 10] + ob), ld16(vb[h + 11] + ob), ld16(vb[h + 12] + ob),
-                    ld16(vb[h + 13] + ob), ld16(vb[h + 14] + ob), ld16(vb[h + 15] + ob)));
-#else
-                const VF dv = _mm256_cvtph_ps(_mm_setr_epi16(ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob),
-                                                             ld16(vb[h + 3] + ob), ld16(vb[h + 4] + ob), ld16(vb[h + 5] + ob),
-                                                             ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob)));
-#endif
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) vstore(wd[q8 ? r : 0][q8 ? bl : 0] + h, vmul(vload(w[r] + c + h), dv));
-            }
-        }
+    if (c_lo >= n_max) return;
+    if (c_hi > n_max) c_hi = n_max;
     VF acc[PV_R][4], v[4]; /* registers: the loops over them are unrolled */
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++)
-            acc[r][k] = c != t->c0 && k < nvv ? vload(o[r] + VL * k) : vzero();
-    const size_t e = c + AG < n_max ? c + AG : n_max, m = n_min < e ? n_min : e;
-#define PV_LOAD(k) (q8 ? vcvt_i8(ld_vl_bytes(vp + 34 * (VL * (k) / KERN_QK) + 2 + VL * (k) % KERN_QK)) : kv_vec(type, vp, VL * (k)))
+            acc[r][k] = c_lo != t->c0 && k < nvv ? vload(o[r] + VL * k) : vzero();
+    for (size_t c = c_lo; c < c_hi; c += AG) {
+        const uint8_t *vr[AG];
+        if (c + ATTN_PF * AG < c_hi && t->kv->block_size % AG == 0)
+            attn_pf_rows(type, t->kv, t->kv->v, c + ATTN_PF * AG, off, kv_bytes(type, (size_t)nvv * VL), 1);
+        attn_rows(type, t->kv, t->kv->v, c, n_max, vr);
+        /* Q8_0: the weights of the AG positions times each position's block scale, w[p] * d_b, for
+         * the (at most 2) blocks of [d0, d0 + nvv*VL); the block's int8 values then meet them as
+         * they are. Weight slots past n_ctx hold scratch, never used. */
+        enum { NBL = 4 * VL / KERN_QK };
+        float wd[q8 ? PV_R : 1][q8 ? NBL : 1][AG];
+        if (q8)
+#pragma GCC unroll 2
+            for (int bl = 0; bl < NBL; bl++) {
+                if (bl * KERN_QK >= nvv * VL) break;
+                const uint8_t *const *vb = vr;
+                const size_t ob = off + (size_t)bl * 34;
+#pragma GCC unroll 2
+                for (int h = 0; h < AG; h += VL) {
+#if VL == 16
+                    const VF dv = _mm512_cvtph_ps(_mm256_setr_epi16(
+                        ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob), ld16(vb[h + 3] + ob),
+                        ld16(vb[h + 4] + ob), ld16(vb[h + 5] + ob), ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob),
+                        ld16(vb[h + 8] + ob), ld16(vb[h + 9] + ob), ld16(vb[h + 10] + ob), ld16(vb[h + 11] + ob),
+                        ld16(vb[h + 12] + ob), ld16(vb[h + 13] + ob), ld16(vb[h + 14] + ob), ld16(vb[h + 15] + ob)));
+#else
+                    const VF dv =
+                        _mm256_cvtph_ps(_mm_setr_epi16(ld16(vb[h] + ob), ld16(vb[h + 1] + ob), ld16(vb[h + 2] + ob),
+                                                       ld16(vb[h + 3] + ob), ld16(vb[h + 4] + ob), ld16(vb[h + 5] + ob),
+                                                       ld16(vb[h + 6] + ob), ld16(vb[h + 7] + ob)));
+#endif
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++)
+                        vstore(wd[q8 ? r : 0][q8 ? bl : 0] + h, vmul(vload(w[r] + c + h), dv));
+                }
+            }
+        const size_t e = c + AG < c_hi ? c + AG : c_hi, m = n_min < e ? n_min : e;
+#define PV_LOAD(k)                                                                                                     \
+    (q8 ? vcvt_i8(ld_vl_bytes(vp + 34 * (VL * (k) / KERN_QK) + 2 + VL * (k) % KERN_QK)) : kv_vec(type, vp, VL * (k)))
 #define PV_W(r, k) (q8 ? vset1(wd[q8 ? r : 0][q8 ? VL * (k) / KERN_QK : 0][p - c]) : vset1(w[r][p]))
-    size_t p = c;
-    for (; p < m; p++) { /* positions every query of the chunk reaches */
-        const uint8_t *vp = vr[p - c] + off;
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = PV_LOAD(k);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
+        size_t p = c;
+        for (; p < m; p++) { /* positions every query of the chunk reaches */
+            const uint8_t *vp = vr[p - c] + off;
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++)
-                if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
-    }
-    for (; p < e; p++) { /* the causal tail: only the queries that reach p */
-        const uint8_t *vp = vr[p - c] + off;
+                if (k < nvv) v[k] = PV_LOAD(k);
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++)
-            if (k < nvv) v[k] = PV_LOAD(k);
+            for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            if (p >= t->n_ctx[i0 + r]) continue;
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++)
-                if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
+                for (int k = 0; k < 4; k++)
+                    if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
         }
-    }
+        for (; p < e; p++) { /* the causal tail: only the queries that reach p */
+            const uint8_t *vp = vr[p - c] + off;
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k < nvv) v[k] = PV_LOAD(k);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                if (p >= t->n_ctx[i0 + r]) continue;
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    if (k < nvv) acc[r][k] = vfma(PV_W(r, k), v[k], acc[r][k]);
+            }
+        }
 #undef PV_LOAD
 #undef PV_W
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
@@ -641,22 +698,44 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
             if (k < nvv) vstore(o[r] + VL * k, acc[r][k]);
 }
 
-static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type, const kern__attn_tile *t, size_t i0,
-                                                                  int R, const uint8_t *const kr[AG], size_t c) {
+/* Scores at positions [c, c + AG) of every chunk of a tile (chunk k: queries [ci[k], ci[k] +
+ * cr[k]), one kv head); n: the tile's longest context */
+static inline __attribute__((always_inline)) void attn_k_group(uint32_t type, const kern__attn_tile *t, size_t c, size_t n,
+                                                               const size_t *ci, const int *cr, int nc) {
+    const size_t cp = c + ATTN_PF * AG, hd = t->kv->head_dim;
+    const bool pf = cp < n && t->kv->block_size % AG == 0;
     if (type == KERN_TYPE_Q8_0) {
-        switch (R) {
-        case 1: attn_scores_q8(t, i0, 1, kr, c); break;
-        case 2: attn_scores_q8(t, i0, 2, kr, c); break;
-        case 3: attn_scores_q8(t, i0, 3, kr, c); break;
-        default: attn_scores_q8(t, i0, 4, kr, c); break;
-        }
+        const uint8_t *rp[AG];
+        for (int k = 0; pf && k < nc; k++)
+            if (k == 0 || t->kvh[ci[k]] != t->kvh[ci[k - 1]]) {
+                attn_pf_rows(type, t->kv, t->kv->k, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 1);
+                attn_pf_rows(type, t->kv, t->kv->v, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 0);
+            }
+        attn_rows(type, t->kv, t->kv->k, c, n, rp);
+        for (int k = 0; k < nc; k++) switch (cr[k]) {
+            case 1: attn_scores_q8(t, ci[k], 1, rp, c); break;
+            case 2: attn_scores_q8(t, ci[k], 2, rp, c); break;
+            case 3: attn_scores_q8(t, ci[k], 3, rp, c); break;
+            default: attn_scores_q8(t, ci[k], 4, rp, c); break;
+            }
         return;
     }
-    switch (R) {
-    case 1: attn_scores(type, t, i0, 1, kr, c); break;
-    case 2: attn_scores(type, t, i0, 2, kr, c); break;
-    case 3: attn_scores(type, t, i0, 3, kr, c); break;
-    default: attn_scores(type, t, i0, 4, kr, c); break;
+    uint16_t tmp[t->kv->block_size % AG ? hd * AG : 1]; /* head_dim <= 1024 */
+    for (int k = 0; k < nc; k++) {
+        size_t ks;
+        if (pf && (k == 0 || t->kvh[ci[k]] != t->kvh[ci[k - 1]])) {
+            attn_pf_kt(t->kv, cp, t->kvh[ci[k]]);
+            attn_pf_rows(type, t->kv, t->kv->v, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 0);
+        }
+        const uint16_t *kt = attn_kt(t->kv, c, n, t->kvh[ci[k]], tmp, &ks);
+        switch (cr[k]) {
+        case 1: attn_scores_h(t, ci[k], 1, kt, ks, c); break;
+        case 2: attn_scores_h(t, ci[k], 2, kt, ks, c); break;
+#if SCH_R > 3
+        case 3: attn_scores_h(t, ci[k], 3, kt, ks, c); break;
+#endif
+        default: attn_scores_h(t, ci[k], SCH_R, kt, ks, c); break;
+        }
     }
 }
 
@@ -664,25 +743,25 @@ static inline __attribute__((always_inline)) void attn_scores_any(uint32_t type,
 #if PV_R > 2
 #define PV_SWITCH(NV)                                                                                                  \
     switch (R) {                                                                                                       \
-    case 1: attn_pv(type, t, i0, 1, NV, NV, d0, vr, c); break;                                                         \
-    case 2: attn_pv(type, t, i0, 2, NV, NV, d0, vr, c); break;                                                         \
-    case 3: attn_pv(type, t, i0, 3, NV, NV, d0, vr, c); break;                                                         \
-    default: attn_pv(type, t, i0, PV_R, NV, NV, d0, vr, c); break;                                                     \
+    case 1: attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi); break;                                                         \
+    case 2: attn_pv(type, t, i0, 2, NV, NV, d0, c_lo, c_hi); break;                                                         \
+    case 3: attn_pv(type, t, i0, 3, NV, NV, d0, c_lo, c_hi); break;                                                         \
+    default: attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi); break;                                                     \
     }
 #else
 #define PV_SWITCH(NV)                                                                                                  \
-    if (R == 1) attn_pv(type, t, i0, 1, NV, NV, d0, vr, c);                                                            \
-    else attn_pv(type, t, i0, PV_R, NV, NV, d0, vr, c);
+    if (R == 1) attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi);                                                            \
+    else attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi);
 #endif
 
 static inline __attribute__((always_inline)) void attn_pv_any(uint32_t type, const kern__attn_tile *t, size_t i0, int R,
-                                                              int nv, size_t d0, const uint8_t *const vr[AG], size_t c) {
+                                                              int nv, size_t d0, size_t c_lo, size_t c_hi) {
     if (nv == 4) {
         PV_SWITCH(4)
     } else if (nv == 2) { /* a head's last 2 vectors (head_dim 96 or 160 on AVX-512, 48 on AVX2) */
         PV_SWITCH(2)
     } else { /* head_dim not a multiple of 2 vectors: its last part, one query at a time */
-        for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, vr, c);
+        for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, c_lo, c_hi);
     }
 }
 #undef PV_SWITCH
@@ -760,27 +839,20 @@ static inline __attribute__((always_inline)) void attn_tile_seg(uint32_t type, c
     for (size_t i = 0; i < t->n; i++) u.out[i] = t->ot[i];
     float M[KERN__ATTN_QT], L[KERN__ATTN_QT], m[KERN__ATTN_QT], l[KERN__ATTN_QT];
     for (size_t i = 0; i < t->n; i++) M[i] = -INFINITY, L[i] = 0;
-    const uint8_t *rp[AG];
-    const int nsc = attn_chunks(t, SC_R, ci, cr);
+    const int nsc = attn_chunks(t, type == KERN_TYPE_F16 ? SCH_R : SC_R, ci, cr);
     size_t pi[KERN__ATTN_QT];
     int pr[KERN__ATTN_QT];
     const int npv = attn_chunks(t, PV_R, pi, pr);
     for (size_t sg = t->s_lo; sg < t->s_hi && sg * KERN__ATTN_SEG < n_max; sg++) {
         const size_t s0 = sg * KERN__ATTN_SEG, s1 = s0 + KERN__ATTN_SEG < n_max ? s0 + KERN__ATTN_SEG : n_max;
         u.c0 = s0;
-        for (size_t c = s0; c < s1; c += AG) {
-            attn_rows(type, kv, kv->k, c, n_max, rp);
-            for (int k = 0; k < nsc; k++) attn_scores_any(type, &u, ci[k], cr[k], rp, c);
-        }
+        for (size_t c = s0; c < s1; c += AG) attn_k_group(type, &u, c, n_max, ci, cr, nsc);
         for (size_t i = 0; i < t->n; i++)
             if (t->n_ctx[i] > s0)
                 softmax_seg(t->sc[i] + s0, (t->n_ctx[i] < s1 ? t->n_ctx[i] : s1) - s0, type == KERN_TYPE_F16, &m[i], &l[i]);
-        for (size_t c = s0; c < s1; c += AG) {
-            attn_rows(type, kv, kv->v, c, n_max, rp);
-            for (int k = 0; k < npv; k++)
-                for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
-                    attn_pv_any(type, &u, pi[k], pr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
-        }
+        for (int k = 0; k < npv; k++)
+            for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
+                attn_pv_any(type, &u, pi[k], pr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, s0, s1);
         for (size_t i = 0; i < t->n; i++) {
             if (t->n_ctx[i] <= s0) continue;
             if (t->pt[i]) {
@@ -806,20 +878,13 @@ static inline __attribute__((always_inline)) void attn_tile(uint32_t type, const
     size_t n_max = 0, ci[KERN__ATTN_QT];
     int cr[KERN__ATTN_QT];
     for (size_t i = 0; i < t->n; i++) n_max = t->n_ctx[i] > n_max ? t->n_ctx[i] : n_max;
-    const uint8_t *rp[AG];
-    int nc = attn_chunks(t, SC_R, ci, cr);
-    for (size_t c = 0; c < n_max; c += AG) {
-        attn_rows(type, kv, kv->k, c, n_max, rp);
-        for (int k = 0; k < nc; k++) attn_scores_any(type, t, ci[k], cr[k], rp, c);
-    }
+    int nc = attn_chunks(t, type == KERN_TYPE_F16 ? SCH_R : SC_R, ci, cr);
+    for (size_t c = 0; c < n_max; c += AG) attn_k_group(type, t, c, n_max, ci, cr, nc);
     for (size_t i = 0; i < t->n; i++) softmax_w(t->sc[i], t->n_ctx[i], type == KERN_TYPE_F16);
     nc = attn_chunks(t, PV_R, ci, cr);
-    for (size_t c = 0; c < n_max; c += AG) {
-        attn_rows(type, kv, kv->v, c, n_max, rp);
-        for (int k = 0; k < nc; k++)
-            for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
-                attn_pv_any(type, t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, rp, c);
-    }
+    for (int k = 0; k < nc; k++)
+        for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
+            attn_pv_any(type, t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, 0, n_max);
 }
 
 static void attn_f16(const kern__attn_tile *t) {

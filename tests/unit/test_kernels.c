@@ -539,6 +539,39 @@ START_TEST(test_kv_store_f16_every_isa) {
 }
 END_TEST
 
+/* The F16 cache layout of kern.h: K dimension-major in its block (value d of kv head h of slot s
+ * at ((block * n_kv_head + h) * head_dim + d) * block_size + s), V slot-major rows; every
+ * position of scattered blocks, block sizes 16 and 5, at every ISA level. */
+START_TEST(test_kv_store_f16_layout) {
+    enum { NKV = 2, HD = 20, NB = 3, ROW = NKV * HD }; /* values under 2048: distinct in f16 */
+    const int32_t table[NB] = {2, 0, 1};
+    static float k[ROW], v[ROW];
+    static uint16_t K[NB * 16 * ROW], V[NB * 16 * ROW];
+    kern_init();
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        for (size_t bs = 5; bs <= 16; bs += 11) {
+            memset(K, 0xff, sizeof K), memset(V, 0xff, sizeof V);
+            for (size_t p = 0; p < NB * bs; p++) {
+                for (size_t e = 0; e < ROW; e++) k[e] = (float)(p * ROW + e), v[e] = -(float)(p * ROW + e);
+                kern_kv_store(K, V, KERN_TYPE_F16, bs, NKV, HD, table, (int32_t)p, k, v);
+            }
+            for (size_t p = 0; p < NB * bs; p++)
+                for (size_t h = 0; h < NKV; h++)
+                    for (size_t d = 0; d < HD; d++) {
+                        const size_t b = (size_t)table[p / bs], s = p % bs, e = h * HD + d;
+                        const uint16_t kk = K[((b * NKV + h) * HD + d) * bs + s], vv = V[(b * bs + s) * ROW + e];
+                        ck_assert_msg(kk == kern_f32_to_f16((float)(p * ROW + e)), "%s bs %zu K pos %zu head %zu value %zu",
+                                      isa_name[isa], bs, p, h, d);
+                        ck_assert_msg(vv == kern_f32_to_f16(-(float)(p * ROW + e)), "%s bs %zu V pos %zu head %zu value %zu",
+                                      isa_name[isa], bs, p, h, d);
+                    }
+        }
+    }
+    kern__set_isa(kern__isa_best());
+}
+END_TEST
+
 START_TEST(test_rmsnorm_rope_swiglu_softmax) {
     float x[67], w[67], out[67];
     for (int i = 0; i < 67; i++) x[i] = frand() * 3, w[i] = frand();
@@ -841,6 +874,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_act_k_shapes);
     tcase_add_test(tc, test_elementwise_every_isa);
     tcase_add_test(tc, test_kv_store_f16_every_isa);
+    tcase_add_test(tc, test_kv_store_f16_layout);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
     tcase_add_test(tc, test_attention_q8_0);
