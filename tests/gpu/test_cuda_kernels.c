@@ -350,7 +350,7 @@ static void test_attention_case(int n_head, int n_kv, int hd, int bs, const seq_
         bt_off += (len + bs - 1) / bs;
         t += seqs[s].n_new;
     }
-    /* GPU: KV store, then compare the caches bit for bit */
+    /* GPU: KV store, then compare the caches value for value, bit for bit */
     void *kc_d, *vc_d;
     CHECK(kcu_alloc(&kc_d, n_slots * kv_row * 2));
     CHECK(kcu_alloc(&vc_d, n_slots * kv_row * 2));
@@ -363,7 +363,12 @@ static void test_attention_case(int n_head, int n_kv, int hd, int bs, const seq_
     char shape[96];
     snprintf(shape, sizeof shape, "H%d/%d hd%d bs%d %d seqs ctx<=%d", n_head, n_kv, hd, bs, n_seqs, max_ctx);
     n_case++;
-    int same = memcmp(kg, kc, n_slots * kv_row * 2) == 0 && memcmp(vg, vc, n_slots * kv_row * 2) == 0;
+    /* V: both slot-major rows. K: the device's slot-major, the CPU's dimension-major in its
+     * block (kernels/kern.h): value e of slot j of block b at (b * kv_row + e) * bs + j */
+    int same = memcmp(vg, vc, n_slots * kv_row * 2) == 0;
+    for (size_t sl = 0; sl < n_slots && same; sl++)
+        for (int e = 0; e < kv_row && same; e++)
+            same = kg[sl * (size_t)kv_row + (size_t)e] == kc[(sl / (size_t)bs * (size_t)kv_row + (size_t)e) * (size_t)bs + sl % (size_t)bs];
     if (!same) n_fail++;
     printf("%-4s %-26s %-34s f16 caches %s\n", same ? "ok" : "FAIL", "kv_store", shape, same ? "identical" : "DIFFER");
     float *q_d = dev_copy(q, (size_t)T * q_dim * 4), *o_d, *scr_d;
