@@ -427,11 +427,12 @@ static inline __attribute__((always_inline)) void attn_rows(uint32_t type, const
         rp[j] = p < n ? b + ((size_t)kv->block_table[p / bs] * bs + p % bs) * row : rp[0];
 }
 
-/* KV prefetch. With real contexts the cache streams from L3 or DRAM, and a step's attention
- * is bound by how many lines are in flight, not by its arithmetic. The scores pass prefetches
- * the K of the group ATTN_PF groups ahead into L1 and that group's V into L2 (the V pass reads
- * it soon after), and the V pass brings its V from L2 into L1 as far ahead. Only for
- * block_size a multiple of AG (a group lies in one block). */
+/* KV prefetch. Past a few sequences or a long context the cache streams from L3 or DRAM, and
+ * attention is bound by how many lines are in flight rather than by its arithmetic: the
+ * scores pass prefetches the K of the group ATTN_PF groups of AG positions ahead, the V pass
+ * likewise its V. (Also prefetching V into L2 during the scores pass was 7% faster from DRAM
+ * but 14% slower with the KV in cache; measured, dropped.) Only for block_size a multiple of
+ * AG (a group lies in one block). */
 #define ATTN_PF 2
 
 /* Prefetches an F16 K's values at positions [c, c + AG) of kv head h: value d's AG halves are
@@ -444,18 +445,15 @@ static inline __attribute__((always_inline)) void attn_pf_kt(const kern_kv_view 
 }
 
 /* Prefetches bytes [off, off + n) of the rows at positions [c, c + AG) of a slot-major cache
- * (V, or a Q8_0 K) into L1 (l1) or L2 */
+ * (V, or a Q8_0 K) */
 static inline __attribute__((always_inline)) void attn_pf_rows(uint32_t type, const kern_kv_view *kv, const void *base,
-                                                               size_t c, size_t off, size_t n, const int l1) {
+                                                               size_t c, size_t off, size_t n) {
     const size_t bs = kv->block_size;
     size_t row = kv_bytes(type, kv->n_kv_head * kv->head_dim);
     const uint8_t *r = (const uint8_t *)base + ((size_t)kv->block_table[c / bs] * bs + c % bs) * row + off;
     if (n == row) n = AG * row, row = 0; /* whole rows: one range */
     for (size_t j = 0; j < (row ? AG : 1); j++, r += row)
-        for (size_t b = 0; b < n; b += 64) {
-            if (l1) _mm_prefetch((const char *)(r + b), _MM_HINT_T0);
-            else _mm_prefetch((const char *)(r + b), _MM_HINT_T1);
-        }
+        for (size_t b = 0; b < n; b += 64) _mm_prefetch((const char *)(r + b), _MM_HINT_T0);
 }
 
 /* An F16 K's values at positions [c, c + AG) of kv head h, dimension-major (kern.h): value d of
@@ -627,7 +625,7 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
     for (size_t c = c_lo; c < c_hi; c += AG) {
         const uint8_t *vr[AG];
         if (c + ATTN_PF * AG < c_hi && t->kv->block_size % AG == 0)
-            attn_pf_rows(type, t->kv, t->kv->v, c + ATTN_PF * AG, off, kv_bytes(type, (size_t)nvv * VL), 1);
+            attn_pf_rows(type, t->kv, t->kv->v, c + ATTN_PF * AG, off, kv_bytes(type, (size_t)nvv * VL));
         attn_rows(type, t->kv, t->kv->v, c, n_max, vr);
         /* Q8_0: the weights of the AG positions times each position's block scale, w[p] * d_b, for
          * the (at most 2) blocks of [d0, d0 + nvv*VL); the block's int8 values then meet them as
@@ -706,11 +704,7 @@ static inline __attribute__((always_inline)) void attn_k_group(uint32_t type, co
     const bool pf = cp < n && t->kv->block_size % AG == 0;
     if (type == KERN_TYPE_Q8_0) {
         const uint8_t *rp[AG];
-        for (int k = 0; pf && k < nc; k++)
-            if (k == 0 || t->kvh[ci[k]] != t->kvh[ci[k - 1]]) {
-                attn_pf_rows(type, t->kv, t->kv->k, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 1);
-                attn_pf_rows(type, t->kv, t->kv->v, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 0);
-            }
+        if (pf) attn_pf_rows(type, t->kv, t->kv->k, cp, 0, kv_bytes(type, t->kv->n_kv_head * hd)); /* whole rows */
         attn_rows(type, t->kv, t->kv->k, c, n, rp);
         for (int k = 0; k < nc; k++) switch (cr[k]) {
             case 1: attn_scores_q8(t, ci[k], 1, rp, c); break;
@@ -725,7 +719,6 @@ static inline __attribute__((always_inline)) void attn_k_group(uint32_t type, co
         size_t ks;
         if (pf && (k == 0 || t->kvh[ci[k]] != t->kvh[ci[k - 1]])) {
             attn_pf_kt(t->kv, cp, t->kvh[ci[k]]);
-            attn_pf_rows(type, t->kv, t->kv->v, cp, kv_bytes(type, t->kvh[ci[k]] * hd), kv_bytes(type, hd), 0);
         }
         const uint16_t *kt = attn_kt(t->kv, c, n, t->kvh[ci[k]], tmp, &ks);
         switch (cr[k]) {
