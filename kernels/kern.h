@@ -243,6 +243,12 @@ void kern_init(void);
 void kern_dot_rows(uint32_t type, const void *rows, size_t row_stride_bytes, size_t n_rows,
                    const float *x, size_t n, float *out);
 
+/* ---- hardware ceilings, for `tokd bench` ---- */
+/* f32 FMA throughput in GFLOP/s (2 per lane per FMA) of the pool's threads at the chosen ISA
+ * level: independent chains of the widest vector FMA, in registers, best of runs over about
+ * min_s seconds (kernels/cpu/ops.c). The compute floor of an f32 kernel. */
+double kern_fma_peak(kern_pool *p, double min_s);
+
 /* ---- memory bandwidth (kernels/cpu/membw.c), for `tokd bench` ---- */
 /* Reads bytes/8 64-bit words of buf, each pool thread a contiguous slice (p may be NULL: the
  * calling thread), and returns their sum. */

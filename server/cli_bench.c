@@ -161,8 +161,12 @@ static void sec_peak(bench *b) {
     uint8_t *w = tk_malloc(n_in * n_out * 4);
     void *scratch = o->quant_act ? tk_malloc(kern_matmul_scratch_bytes(n_in, max_tok)) : NULL;
     cJSON *arr = cJSON_AddArrayToObject(b->json, "peak");
-    fprintf(b->tab, "\n== compute peak: kern_matmul on an in-cache problem (%zu x %zu weights; best of 32, 64, 128 tokens)\n",
+    const double fma = kern_fma_peak(b->pool, o->min_time / 2);
+    fprintf(b->tab, "\n== compute peak: the cores' f32 FMA throughput (12 independent vector FMA chains a thread, in\n"
+                    "   registers), then kern_matmul on an in-cache problem (%zu x %zu weights; best of 32, 64, 128 tokens)\n",
             n_out, n_in);
+    fprintf(b->tab, "  f32 FMA %8.1f GFLOP/s  (hardware ceiling of f32 arithmetic, %d threads)\n", fma, kern_pool_size(b->pool));
+    jnum(b->json, "fma_peak_gflops", fma);
     if (!x || !y || !w || (o->quant_act && !scratch)) goto done;
     fill_rand(x, n_in * max_tok, 1.0f);
     for (int i = 0; i < o->n_types; i++) {

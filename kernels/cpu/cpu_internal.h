@@ -125,6 +125,10 @@ typedef struct {
     void (*f32_to_f16)(uint16_t *dst, const float *src, size_t n);
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     void (*add)(float *x, const float *y, size_t n);
+    /* n rounds of 12 independent f32 FMA chains, each a vector of fma_lanes lanes, in
+     * registers (kern_fma_peak); returns a sum of the chains so that they are computed */
+    float (*fma_loop)(size_t n);
+    int fma_lanes;
 } kern__ops;
 
 extern const kern__ops *kern__cur;  /* the chosen table; scalar until kern_init */

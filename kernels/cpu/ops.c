@@ -7,6 +7,7 @@
 #include "kernels/cpu/cpu_internal.h"
 
 #include "common/tk_mem.h"
+#include "common/tk_time.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -531,9 +532,50 @@ void kern_attn_paged(float *out, const float *q, size_t n_head, size_t h0, size_
 
 /* ---- dispatch ---- */
 
+/* kern__ops.fma_loop, one lane: a multiply and an add (as the scalar kernels compute; fmaf is a
+ * library call where the target has no FMA) */
+static float fma_loop_scalar(size_t n) {
+    float a[12];
+    for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j * 1e-7f;
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < 12; j++) a[j] = a[j] * 0.99999994f + 1e-8f;
+    float s = 0;
+    for (int j = 0; j < 12; j++) s += a[j];
+    return s;
+}
+
 const kern__ops kern__ops_scalar = {"scalar", mm_f32_scalar, mm_act_scalar, NULL, kern_quantize_act_row, attn_tile_scalar,
-                                    attn_tile_scalar, rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar};
+                                    attn_tile_scalar, rmsnorm_scalar, f32_to_f16_scalar, swiglu_scalar, add_scalar, fma_loop_scalar, 1};
 
 void kern_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps) { kern__cur->rmsnorm(out, x, w, n, eps); }
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) { kern__cur->swiglu(out, gate, up, n); }
 void kern_add(float *x, const float *y, size_t n) { kern__cur->add(x, y, n); }
+
+/* ---- f32 FMA throughput (tokd bench's hardware compute ceiling) ---- */
+
+typedef struct {
+    size_t n;
+    _Atomic int sink; /* keeps the loops' results alive */
+} fma_job;
+
+static void fma_worker(void *ctx, int ith, int nth) {
+    (void)ith, (void)nth;
+    fma_job *j = ctx;
+    if (kern__cur->fma_loop(j->n) == 12345.0f) j->sink++;
+}
+
+double kern_fma_peak(kern_pool *p, double min_s) {
+    kern_init();
+    const int nth = kern_pool_size(p);
+    fma_job j = {1 << 16, 0};
+    double best = 0, t_all = 0;
+    for (int run = 0; run < 100 && (run < 3 || t_all < min_s); run++) {
+        const double t0 = tk_now_s();
+        kern_pool_run(p, fma_worker, &j);
+        const double t = tk_now_s() - t0;
+        t_all += t;
+        if (t < 1e-4) j.n *= 4; /* too short to time: a longer loop */
+        else best = fmax(best, 2.0 * 12 * (double)kern__cur->fma_lanes * (double)j.n * nth / t * 1e-9);
+    }
+    return best;
+}

@@ -931,4 +931,21 @@ static void swiglu(float *out, const float *gate, const float *up, size_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#define SIMD_OPS_TABLE(name) {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, attn_q8, rmsnorm, f32_to_f16, swiglu, add}
+/* kern__ops.fma_loop: 12 chains keep both FMA ports of a core busy (latency 4 x 2 ports = 8
+ * in flight) and fit AVX2's 16 registers */
+static float fma_loop(size_t n) {
+    VF a[12];
+    const VF m = vset1(0.99999994f), c = vset1(1e-8f);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = vset1(1.0f + (float)j * 1e-7f);
+    for (size_t i = 0; i < n; i++)
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vfma(a[j], m, c);
+    VF s = a[0];
+#pragma GCC unroll 12
+    for (int j = 1; j < 12; j++) s = vadd(s, a[j]);
+    return vhsum(s);
+}
+
+#define SIMD_OPS_TABLE(name)                                                                                           \
+    {name, mm_f32, mm_act, MM_PACKED, quant_act, attn_f16, attn_q8, rmsnorm, f32_to_f16, swiglu, add, fma_loop, VL}

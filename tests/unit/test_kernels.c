@@ -572,6 +572,22 @@ START_TEST(test_kv_store_f16_layout) {
 }
 END_TEST
 
+/* kern_fma_peak at every ISA level: a finite, positive figure (tokd bench's f32 ceiling) */
+START_TEST(test_fma_peak_every_isa) {
+    kern_init();
+    kern_pool *p = kern_pool_new(2);
+    ck_assert_ptr_nonnull(p);
+    for (int isa = 0; isa <= kern__isa_best(); isa++) {
+        ck_assert_int_eq(kern__set_isa(isa), 0);
+        const double gf = kern_fma_peak(p, 0.01);
+        ck_assert_msg(isfinite(gf) && gf > 0, "%s: %g GFLOP/s", isa_name[isa], gf);
+        printf("%-6s f32 FMA peak %.1f GFLOP/s (2 threads)\n", isa_name[isa], gf);
+    }
+    kern__set_isa(kern__isa_best());
+    kern_pool_destroy(p);
+}
+END_TEST
+
 START_TEST(test_rmsnorm_rope_swiglu_softmax) {
     float x[67], w[67], out[67];
     for (int i = 0; i < 67; i++) x[i] = frand() * 3, w[i] = frand();
@@ -875,6 +891,7 @@ int main(void) {
     tcase_add_test(tc, test_elementwise_every_isa);
     tcase_add_test(tc, test_kv_store_f16_every_isa);
     tcase_add_test(tc, test_kv_store_f16_layout);
+    tcase_add_test(tc, test_fma_peak_every_isa);
     tcase_add_test(tc, test_rmsnorm_rope_swiglu_softmax);
     tcase_add_test(tc, test_attention_paged_vs_dense);
     tcase_add_test(tc, test_attention_q8_0);
