@@ -52,24 +52,6 @@ static inline float vhmax(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* lane i = vhsum(v[i]) bitwise: the same tree for all 8 at once, shuffles shared. The tree
- * leaves slot s's sum in lane 4 * (s % 2) + s / 2, so slot s takes v[4 * (s % 2) + s / 2]. */
-static inline __m256 vhsum_lanes(const __m256 v[8]) {
-#define SL(s) v[4 * ((s) % 2) + (s) / 2]
-    __m256 z[4], u[2];
-#pragma GCC unroll 8
-    for (int m = 0; m < 4; m++) /* 128-bit halves: [slot 2m's lo + hi | slot 2m+1's] */
-        z[m] = _mm256_add_ps(_mm256_permute2f128_ps(SL(2 * m), SL(2 * m + 1), 0x20),
-                             _mm256_permute2f128_ps(SL(2 * m), SL(2 * m + 1), 0x31));
-#pragma GCC unroll 8
-    for (int m = 0; m < 2; m++) /* elements j + j+2 */
-        u[m] = _mm256_add_ps(_mm256_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm256_shuffle_ps(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm256_add_ps(_mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm256_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-#undef SL
-}
-
 #include "kernels/cpu/simd_tmpl.h"
 
 static const kern__ops ops = SIMD_OPS_TABLE("avx2");

@@ -47,28 +47,6 @@ static inline float vhsum(__m512 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* lane i = vhsum(v[i]) bitwise: the same tree for all 16 at once, shuffles shared. The tree
- * leaves slot s's sum in lane 4 * (s % 4) + s / 4, so slot s takes v[4 * (s % 4) + s / 4]. */
-static inline __m512 vhsum_lanes(const __m512 v[16]) {
-#define SL(s) v[4 * ((s) % 4) + (s) / 4]
-    __m512 z[8], w[4], u[2];
-#pragma GCC unroll 8
-    for (int m = 0; m < 8; m++) /* 256-bit halves: [slot 2m's lo + hi | slot 2m+1's] */
-        z[m] = _mm512_add_ps(_mm512_shuffle_f32x4(SL(2 * m), SL(2 * m + 1), _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(SL(2 * m), SL(2 * m + 1), _MM_SHUFFLE(3, 2, 3, 2)));
-#pragma GCC unroll 8
-    for (int m = 0; m < 4; m++) /* 128-bit halves: slots 4m .. 4m+3 */
-        w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(z[2 * m], z[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-#pragma GCC unroll 8
-    for (int m = 0; m < 2; m++) /* elements j + j+2 */
-        u[m] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(w[2 * m], w[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
-#undef SL
-}
-
 #include "kernels/cpu/simd_tmpl.h"
 
 static const kern__ops ops = SIMD_OPS_TABLE("avx512");
