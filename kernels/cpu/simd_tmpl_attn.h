@@ -252,7 +252,8 @@ static inline __attribute__((always_inline)) void attn_scores_q8(const kern__att
  * starts a Q8_0 block. Each output value's chain is its own, whatever values are computed with
  * it. */
 static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const kern__attn_tile *t, size_t i0, const int R,
-                                                          const int NVC, int nv, size_t d0, size_t c_lo, size_t c_hi) {
+                                                          const int NVC, int nv, size_t d0, size_t c_lo, size_t c_hi,
+                                                          int pf) {
     const int nvv = NVC ? NVC : nv, q8 = type == KERN_TYPE_Q8_0;
     const size_t off = kv_bytes(type, t->kvh[i0] * t->kv->head_dim + d0);
     const float *w[PV_R];
@@ -274,7 +275,7 @@ static inline __attribute__((always_inline)) void attn_pv(uint32_t type, const k
             acc[r][k] = c_lo != t->c0 && k < nvv ? vload(o[r] + VL * k) : vzero();
     for (size_t c = c_lo; c < c_hi; c += AG) {
         const uint8_t *vr[AG];
-        if (c + ATTN_PF * AG < c_hi && t->kv->block_size % AG == 0)
+        if (pf && c + ATTN_PF * AG < c_hi && t->kv->block_size % AG == 0)
             attn_pf_rows(type, t->kv, t->kv->v, c + ATTN_PF * AG, off, kv_bytes(type, (size_t)nvv * VL));
         attn_rows(type, t->kv, t->kv->v, c, n_max, vr);
         /* Q8_0: the weights of the AG positions times each position's block scale, w[p] * d_b, for
@@ -386,25 +387,25 @@ static inline __attribute__((always_inline)) void attn_k_group(uint32_t type, co
 #if PV_R > 2
 #define PV_SWITCH(NV)                                                                                                  \
     switch (R) {                                                                                                       \
-    case 1: attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi); break;                                                         \
-    case 2: attn_pv(type, t, i0, 2, NV, NV, d0, c_lo, c_hi); break;                                                         \
-    case 3: attn_pv(type, t, i0, 3, NV, NV, d0, c_lo, c_hi); break;                                                         \
-    default: attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi); break;                                                     \
+    case 1: attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi, pf); break;                                                         \
+    case 2: attn_pv(type, t, i0, 2, NV, NV, d0, c_lo, c_hi, pf); break;                                                         \
+    case 3: attn_pv(type, t, i0, 3, NV, NV, d0, c_lo, c_hi, pf); break;                                                         \
+    default: attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi, pf); break;                                                     \
     }
 #else
 #define PV_SWITCH(NV)                                                                                                  \
-    if (R == 1) attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi);                                                            \
-    else attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi);
+    if (R == 1) attn_pv(type, t, i0, 1, NV, NV, d0, c_lo, c_hi, pf);                                                            \
+    else attn_pv(type, t, i0, PV_R, NV, NV, d0, c_lo, c_hi, pf);
 #endif
 
 static inline __attribute__((always_inline)) void attn_pv_any(uint32_t type, const kern__attn_tile *t, size_t i0, int R,
-                                                              int nv, size_t d0, size_t c_lo, size_t c_hi) {
+                                                              int nv, size_t d0, size_t c_lo, size_t c_hi, int pf) {
     if (nv == 4) {
         PV_SWITCH(4)
     } else if (nv == 2) { /* a head's last 2 vectors (head_dim 96 or 160 on AVX-512, 48 on AVX2) */
         PV_SWITCH(2)
     } else { /* head_dim not a multiple of 2 vectors: its last part, one query at a time */
-        for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, c_lo, c_hi);
+        for (int r = 0; r < R; r++) attn_pv(type, t, i0 + (size_t)r, 1, 0, nv, d0, c_lo, c_hi, pf && r == 0);
     }
 }
 #undef PV_SWITCH
@@ -495,7 +496,8 @@ static inline __attribute__((always_inline)) void attn_tile_seg(uint32_t type, c
                 softmax_seg(t->sc[i] + s0, (t->n_ctx[i] < s1 ? t->n_ctx[i] : s1) - s0, type == KERN_TYPE_F16, &m[i], &l[i]);
         for (int k = 0; k < npv; k++)
             for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
-                attn_pv_any(type, &u, pi[k], pr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, s0, s1);
+                attn_pv_any(type, &u, pi[k], pr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, s0, s1,
+                            k == 0 || t->kvh[pi[k]] != t->kvh[pi[k - 1]]);
         for (size_t i = 0; i < t->n; i++) {
             if (t->n_ctx[i] <= s0) continue;
             if (t->pt[i]) {
@@ -527,7 +529,8 @@ static inline __attribute__((always_inline)) void attn_tile(uint32_t type, const
     nc = attn_chunks(t, PV_R, ci, cr);
     for (int k = 0; k < nc; k++)
         for (size_t d0 = 0; d0 < hd; d0 += 4 * VL)
-            attn_pv_any(type, t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, 0, n_max);
+            attn_pv_any(type, t, ci[k], cr[k], hd - d0 < 4 * VL ? (int)((hd - d0) / VL) : 4, d0, 0, n_max,
+                        k == 0 || t->kvh[ci[k]] != t->kvh[ci[k - 1]]);
 }
 
 static void attn_f16(const kern__attn_tile *t) {
