@@ -156,3 +156,9 @@ int tu_write_tiny_model(const tu_tiny_spec *s, const char *path) {
     gguf_writer_destroy(w);
     return rc ? -1 : 0;
 }
+
+float tu_frand(void) {
+    static uint64_t rs = 12345;
+    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rs >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}

@@ -7,6 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Uniform pseudo-random float in [-1, 1): a fixed-seed LCG, the same sequence every run. */
+float tu_frand(void);
+
 /* $TOKD_SHARED/<rel> (default ../shared/<rel>) into buf. */
 const char *tu_shared_path(const char *rel, char *buf, size_t cap);
 /* $TOKD_MODEL, or NULL when unset or missing. */
